@@ -1,0 +1,26 @@
+CARGO ?= cargo
+
+.PHONY: build release test deps demo clean
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+## deps: install what the tests run for real (rsync), when missing
+deps:
+	sh scripts/test-deps.sh
+
+## test: format and lint checks, then unit and black-box tests
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test
+
+## demo: build, pack examples/app, deploy it with `echo file://… | stretcher`
+demo: deps release
+	sh examples/demo.sh target/release/stretcher
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,174 @@
+//! Command-line flags: both upstream generations (v1.1's Go `flag` spellings
+//! such as `-timeout 30`, and the later `--max-band-width` style), parsed into
+//! a plain [`Config`].
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::units::{parse_bytes, parse_duration};
+
+/// Long flag names that upstream v1.1 spelled with a single dash.
+const LONG_FLAGS: &[&str] = &[
+    "max-band-width",
+    "max-bandwidth",
+    "timeout",
+    "random-delay",
+    "retry",
+    "retry-wait",
+    "rsync-verbose",
+    "version",
+    "help",
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stretcher",
+    about = "Deploy agent: reads a manifest URL on stdin (Consul event JSON, Serf event or a plain line) and deploys it",
+    disable_version_flag = true
+)]
+struct Args {
+    /// Max bandwidth for downloading src archives, per second (10M, 10MiB, 500k)
+    #[arg(long = "max-band-width", alias = "max-bandwidth", value_name = "SIZE", value_parser = parse_bytes)]
+    max_bandwidth: Option<u64>,
+
+    /// Timeout for downloading src archives (Go duration like 1m30s, or seconds)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Sleep a random time in [0, DURATION) on start
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    random_delay: Option<Duration>,
+
+    /// Extra attempts for downloading src archives
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retry: u32,
+
+    /// Wait between download attempts
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    retry_wait: Duration,
+
+    /// Verbosity option passed to rsync: "", -v, -vv or -vvv
+    #[arg(long, value_name = "OPT", default_value = "-v", allow_hyphen_values = true,
+          value_parser = ["", "-v", "-vv", "-vvv"])]
+    rsync_verbose: String,
+
+    /// Show version and exit
+    #[arg(short = 'v', long)]
+    version: bool,
+}
+
+/// What the agent was asked to do, with every value already parsed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Download rate limit in bytes per second.
+    pub max_bandwidth: Option<u64>,
+    /// Bound on the whole src download, retries included.
+    pub timeout: Option<Duration>,
+    /// Upper bound of the random start-up sleep.
+    pub random_delay: Option<Duration>,
+    /// Extra download attempts after the first.
+    pub retry: u32,
+    /// Pause between download attempts.
+    pub retry_wait: Duration,
+    /// rsync verbosity argument; empty adds none.
+    pub rsync_verbose: String,
+}
+
+/// The outcome of parsing the command line.
+pub enum Command {
+    /// Print the version and exit 0.
+    Version,
+    /// Run the agent.
+    Run(Config),
+}
+
+/// Rewrites v1.1's single-dash long flags (`-timeout`, `-retry-wait=1`) to
+/// their double-dash form. Values are never touched: only an argument whose
+/// name is a known long flag is rewritten.
+fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let Some(s) = arg.to_str().filter(|_| i > 0) else {
+                return arg;
+            };
+            match s.strip_prefix('-') {
+                Some(rest) if !rest.starts_with('-') => {
+                    let name = rest.split('=').next().unwrap_or(rest);
+                    if LONG_FLAGS.contains(&name) {
+                        OsString::from(format!("-{s}"))
+                    } else {
+                        arg
+                    }
+                }
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+/// Parses the process arguments; on a bad value clap prints a one-line error
+/// naming the flag and exits 1.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
+    let args = match Args::try_parse_from(normalize_args(args)) {
+        Ok(args) => args,
+        Err(e) if e.use_stderr() => {
+            // One line naming the flag; clap's usage hint would only add noise
+            // to a handler's log.
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
+            std::process::exit(1);
+        }
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+    };
+    if args.version {
+        return Command::Version;
+    }
+    Command::Run(Config {
+        max_bandwidth: args.max_bandwidth,
+        timeout: args.timeout,
+        random_delay: args.random_delay,
+        retry: args.retry,
+        retry_wait: args.retry_wait,
+        rsync_verbose: args.rsync_verbose,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn single_dash_long_flags_are_rewritten_but_values_are_not() {
+        let got = normalize_args(os(&[
+            "stretcher",
+            "-timeout",
+            "30",
+            "-retry-wait=1",
+            "-rsync-verbose",
+            "-vv",
+            "-v",
+        ]));
+        assert_eq!(
+            got,
+            os(&[
+                "stretcher",
+                "--timeout",
+                "30",
+                "--retry-wait=1",
+                "--rsync-verbose",
+                "-vv",
+                "-v"
+            ])
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Streams `src` into a temp file while hashing it, under the bandwidth limit,
+//! the download timeout and the retry policy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use tempfile::NamedTempFile;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::digest::Verifier;
+use crate::source;
+use crate::units::{comma, format_bytes, format_duration};
+
+/// How the download behaves; from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Bytes per second; `None` is unlimited.
+    pub max_bandwidth: Option<u64>,
+    /// Bound on the whole download, retries included.
+    pub timeout: Option<Duration>,
+    /// Extra attempts after the first.
+    pub retry: u32,
+    /// Pause between attempts.
+    pub retry_wait: Duration,
+}
+
+/// A verified archive in a temp file, removed when dropped.
+pub struct Download {
+    /// The temp file holding the archive.
+    pub file: NamedTempFile,
+    /// Its size.
+    pub bytes: u64,
+    /// Its lowercase hex checksum (equal to the manifest's).
+    pub checksum: String,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// Downloads `url`, verifies it against `checksum` and returns the temp file.
+pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<Download> {
+    if let Some(bw) = opts.max_bandwidth {
+        log::info!("Set max bandwidth {}/sec", format_bytes(bw));
+    }
+    let attempts = with_retries(url, checksum, opts);
+    let (file, bytes, verifier) = match opts.timeout {
+        Some(limit) => {
+            log::info!("Set timeout {}", format_duration(limit));
+            tokio::time::timeout(limit, attempts).await.map_err(|_| {
+                anyhow!(
+                    "timeout {} reached while fetching src {url}",
+                    format_duration(limit)
+                )
+            })??
+        }
+        None => attempts.await?,
+    };
+    let checksum = verifier.finish()?;
+    log::info!("Checksum ok: {checksum}");
+    Ok(Download {
+        file,
+        bytes,
+        checksum,
+    })
+}
+
+async fn with_retries(
+    url: &str,
+    checksum: &str,
+    opts: &Options,
+) -> Result<(NamedTempFile, u64, Verifier)> {
+    let mut failures = 0;
+    loop {
+        match download_once(url, checksum, opts.max_bandwidth).await {
+            Ok(done) => return Ok(done),
+            Err(e) if failures < opts.retry && source::is_retryable(&e) => {
+                failures += 1;
+                log::info!("Get src failed: {e:#}");
+                log::info!("Try again. Waiting: {}", format_duration(opts.retry_wait));
+                tokio::time::sleep(opts.retry_wait).await;
+            }
+            Err(e) => return Err(anyhow!("get src failed: {e:#}")),
+        }
+    }
+}
+
+async fn download_once(
+    url: &str,
+    checksum: &str,
+    max_bandwidth: Option<u64>,
+) -> Result<(NamedTempFile, u64, Verifier)> {
+    let mut verifier = Verifier::new(checksum)?;
+    let begin = Instant::now();
+    let mut body = source::open(url).await?;
+    let file = tempfile::Builder::new()
+        .prefix("stretcher")
+        .tempfile()
+        .context("creating a temp file for src")?;
+    let path = file.path().display().to_string();
+    let mut out = tokio::io::BufWriter::with_capacity(
+        4 * CHUNK,
+        tokio::fs::File::from_std(file.reopen().context("reopening the temp file")?),
+    );
+    // Small reads at low rates keep the pacing smooth.
+    let chunk = max_bandwidth.map_or(CHUNK, |bw| (bw as usize / 10).clamp(1024, CHUNK));
+    let mut buf = vec![0u8; chunk];
+    let mut written = 0u64;
+    loop {
+        let n = body
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .await
+            .with_context(|| format!("writing {path}"))?;
+        written += n as u64;
+        if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
+            let due = Duration::from_secs_f64(written as f64 / bw as f64);
+            if let Some(ahead) = due.checked_sub(begin.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
+    }
+    out.flush()
+        .await
+        .with_context(|| format!("writing {path}"))?;
+    let elapsed = begin.elapsed();
+    let rate = (written as f64 / elapsed.as_secs_f64().max(1e-9)) as u64;
+    log::info!(
+        "Wrote {} bytes to {path} (in {}, {}/s)",
+        comma(written),
+        format_duration(elapsed),
+        format_bytes(rate)
+    );
+    Ok((file, written, verifier))
+}

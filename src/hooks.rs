@@ -1,0 +1,172 @@
+//! Hook runner: each command line is `sh -c <line>` in its own process group.
+//! `pre`/`post` output is streamed into the log line by line; `success` and
+//! `failure` get the run log on stdin and write straight to our stdout/stderr.
+
+use std::process::{ExitStatus, Stdio};
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// The phase a hook runs in; exported to it as `STRETCHER_PHASE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before extraction.
+    Pre,
+    /// After sync.
+    Post,
+    /// After a successful deploy.
+    Success,
+    /// After a failed deploy.
+    Failure,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+            Phase::Success => "success",
+            Phase::Failure => "failure",
+        }
+    }
+}
+
+/// Runs hook command lines with the deploy's `STRETCHER_*` variables.
+pub struct Hooks<'a> {
+    /// Variables exported to every hook (besides `STRETCHER_PHASE`).
+    pub env: Vec<(&'static str, String)>,
+    /// Fires on SIGINT/SIGTERM: the running hook's group gets SIGTERM.
+    pub cancel: &'a CancellationToken,
+}
+
+impl Hooks<'_> {
+    /// Runs `lines` in order with output logged; the first failure stops them.
+    pub async fn run(&self, phase: Phase, lines: &[String]) -> Result<()> {
+        for line in lines {
+            let mut child = self
+                .command(phase, line)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("failed: {line}: cannot run sh"))?;
+            let out = child.stdout.take().map(log_lines);
+            let err = child.stderr.take().map(log_lines);
+            let pumps = async {
+                tokio::join!(
+                    async {
+                        if let Some(f) = out {
+                            f.await
+                        }
+                    },
+                    async {
+                        if let Some(f) = err {
+                            f.await
+                        }
+                    }
+                )
+            };
+            let status = self.wait(&mut child, line, pumps).await?;
+            check(line, status)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `lines` in order, each fed `log` on stdin; their output passes
+    /// through. A hook that does not read its stdin is not an error.
+    pub async fn run_piped(&self, phase: Phase, lines: &[String], log: &[u8]) -> Result<()> {
+        for line in lines {
+            let mut child = self
+                .command(phase, line)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("failed: {line}: cannot run sh"))?;
+            let stdin = child.stdin.take();
+            let feed = async move {
+                let Some(mut stdin) = stdin else { return };
+                let res = async {
+                    stdin.write_all(log).await?;
+                    stdin.shutdown().await
+                }
+                .await;
+                match res {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        log::info!("failed to write to STDIN of {line}: {e}")
+                    }
+                    _ => {}
+                }
+            };
+            let status = self.wait(&mut child, line, feed).await?;
+            check(line, status)?;
+        }
+        Ok(())
+    }
+
+    fn command(&self, phase: Phase, line: &str) -> Command {
+        log::info!("invoking command: {line}");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(line)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("STRETCHER_PHASE", phase.name())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Waits for the child and `io` to finish, or terminates the child's
+    /// process group when the run is cancelled.
+    async fn wait(
+        &self,
+        child: &mut Child,
+        line: &str,
+        io: impl std::future::Future<Output = impl Sized>,
+    ) -> Result<ExitStatus> {
+        let finished = async {
+            let (status, _) = tokio::join!(child.wait(), io);
+            status
+        };
+        tokio::select! {
+            status = finished => Ok(status.with_context(|| format!("failed: {line}"))?),
+            () = self.cancel.cancelled() => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill has no memory-safety preconditions; a
+                    // negative pid addresses the hook's own process group.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
+                }
+                let _ = child.wait().await;
+                bail!("failed: {line}: interrupted by signal")
+            }
+        }
+    }
+}
+
+fn check(line: &str, status: ExitStatus) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => bail!("failed: {line} exit status {code}"),
+        (None, Some(sig)) => bail!("failed: {line} signal: {sig}"),
+        (None, None) => bail!("failed: {line} {status}"),
+    }
+}
+
+/// Logs each line a hook writes as it arrives.
+async fn log_lines(pipe: impl AsyncRead + Unpin) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                log::info!("{}", text.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}

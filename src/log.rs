@@ -1,0 +1,52 @@
+//! Go-style log lines (`2016/03/22 12:34:56 message`, local time) on stderr,
+//! teed into an in-memory run log that `success`/`failure` hooks read on stdin.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+/// Everything logged during this run, in order, as written to stderr.
+static RUN_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct GoLogger;
+
+impl log::Log for GoLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        write_line(&record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Formats one message as Go's `log.Println` does and writes it to stderr
+/// and the run log. A message already ending in a newline gets no second one.
+fn write_line(msg: &str) {
+    let stamp = chrono::Local::now().format("%Y/%m/%d %H:%M:%S");
+    let mut line = format!("{stamp} {msg}");
+    if !line.ends_with('\n') {
+        line.push('\n');
+    }
+    let mut buf = RUN_LOG.lock().unwrap_or_else(|e| e.into_inner());
+    buf.extend_from_slice(line.as_bytes());
+    // Written under the lock so stderr and the run log keep the same order.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Installs the logger. Safe to call more than once.
+pub fn init() {
+    static LOGGER: GoLogger = GoLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// A copy of the run log so far: what `success`/`failure` hooks get on stdin.
+pub fn snapshot() -> Vec<u8> {
+    RUN_LOG.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}

@@ -1,0 +1,56 @@
+//! The `stretcher` binary: flags, signals, one run, exit status.
+
+use std::process::ExitCode;
+
+use stretcher::cli::{self, Command};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match cli::parse(std::env::args_os()) {
+        Command::Version => {
+            println!("stretcher {}", stretcher::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(config) => config,
+    };
+    stretcher::log::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(cancel.clone()));
+        stretcher::run(&config, &cancel).await.is_ok()
+    });
+    // consul watch stops calling a handler that exits non-zero, and replays
+    // events when restarted: under it, always exit 0.
+    let code = if ok || std::env::var_os("CONSUL_INDEX").is_some() {
+        0
+    } else {
+        1
+    };
+    // Exit without waiting for a stdin reader blocked on a silent pipe.
+    std::process::exit(code)
+}
+
+async fn cancel_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => log::info!("Received SIGINT, stopping"),
+        _ = term.recv() => log::info!("Received SIGTERM, stopping"),
+    }
+    cancel.cancel();
+}

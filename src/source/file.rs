@@ -1,0 +1,17 @@
+//! `file:///abs/path` (percent-decoded).
+
+use anyhow::{anyhow, Context, Result};
+use url::Url;
+
+use super::Body;
+
+/// Opens the local file a `file://` URL names.
+pub async fn open(url: &Url) -> Result<Body> {
+    let path = url
+        .to_file_path()
+        .map_err(|()| anyhow!("not a local absolute path: {url}"))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .with_context(|| format!("open {}", path.display()))?;
+    Ok(Box::new(file))
+}
