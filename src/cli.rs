@@ -34,19 +34,25 @@ struct Args {
     max_bandwidth: Option<u64>,
 
     /// Timeout for downloading src archives (Go duration like 1m30s, or seconds)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     timeout: Option<Duration>,
 
     /// Sleep a random time in [0, DURATION) on start
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     random_delay: Option<Duration>,
 
     /// Extra attempts for downloading src archives
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
     retry: u32,
 
     /// Wait between download attempts
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s",
+          allow_hyphen_values = true)]
     retry_wait: Duration,
 
     /// Verbosity option passed to rsync: "", -v, -vv or -vvv

@@ -1,0 +1,257 @@
+//! Test harness: runs the built `stretcher` binary the way an operator does
+//! (manifest URL on stdin), with fixtures built in a temp dir and a real HTTP
+//! server on 127.0.0.1.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::Digest;
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stretcher")
+}
+
+/// A scratch area: `dest` to deploy into, `tmp` as the agent's TMPDIR (so
+/// leftovers are visible), and room for archives and manifests.
+pub struct Fixture {
+    pub root: tempfile::TempDir,
+}
+
+/// One member of a test archive.
+pub enum Member<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str, u32),
+    Symlink(&'a str, &'a str),
+    HardLink(&'a str, &'a str),
+}
+
+/// Fixed mtime given to every archive member.
+pub const MTIME: u64 = 1_600_000_000;
+
+impl Fixture {
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("stretcher-test")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(root.path().join("tmp")).unwrap();
+        Fixture { root }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn dest(&self) -> PathBuf {
+        self.path("dest")
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("file://{}", self.path(rel).display())
+    }
+
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    /// Writes a manifest and returns its file:// URL.
+    pub fn manifest(&self, yaml: &str) -> String {
+        self.write("manifest.yml", yaml);
+        self.url("manifest.yml")
+    }
+
+    /// Runs the agent with `stdin`, extra args and env; cwd is the fixture.
+    pub fn run(&self, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .current_dir(self.root.path())
+            .env("TMPDIR", self.path("tmp"))
+            .env_remove("CONSUL_INDEX")
+            .env_remove("SERF_USER_EVENT")
+            .env_remove("SERF_EVENT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        Run(child.wait_with_output().unwrap())
+    }
+
+    /// Deploys manifest `yaml` by piping its URL.
+    pub fn deploy(&self, yaml: &str) -> Run {
+        let url = self.manifest(yaml);
+        self.run(&url, &[], &[])
+    }
+
+    /// Asserts the agent left nothing in its TMPDIR.
+    pub fn assert_no_temp_files(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.path("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "temp files left behind: {left:?}");
+    }
+}
+
+/// A finished run.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    /// Asserts success and returns the log.
+    pub fn ok(&self) -> String {
+        assert_eq!(self.code(), 0, "expected success; log:\n{}", self.stderr());
+        self.stderr()
+    }
+    /// Asserts exit 1 and returns the log.
+    pub fn failed(&self) -> String {
+        assert_eq!(self.code(), 1, "expected failure; log:\n{}", self.stderr());
+        self.stderr()
+    }
+}
+
+/// Builds an uncompressed tar with fixed mtimes.
+pub fn tar(members: &[Member]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for m in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(MTIME);
+        h.set_uid(0);
+        h.set_gid(0);
+        match m {
+            Member::File(path, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            Member::Dir(path, mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_size(0);
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+            Member::Symlink(path, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            Member::HardLink(path, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// Writes raw tar headers for names the tar crate's builder refuses (`..`, `/abs`).
+pub fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_mode(0o644);
+        h.set_mtime(MTIME);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A small app tree used by most deploy tests.
+pub fn app_tar() -> Vec<u8> {
+    tar(&[
+        Member::Dir("./", 0o700),
+        Member::Dir("bin/", 0o755),
+        Member::File("bin/start", b"#!/bin/sh\necho start\n", 0o755),
+        Member::File("index.html", b"<p>v1</p>\n", 0o644),
+        Member::File("secret.conf", b"key=1\n", 0o600),
+        Member::File("app.pid", b"123\n", 0o644),
+        Member::File("exclude.list", b"*.log\n", 0o644),
+        Member::File("debug.log", b"noise\n", 0o644),
+    ])
+}
+
+/// A manifest deploying `src` (with checksum `sum`) into the fixture's dest.
+pub fn manifest_for(fx: &Fixture, src: &str, sum: &str, extra: &str) -> String {
+    format!(
+        "src: {src}\nchecksum: {sum}\ndest: {}\n{extra}",
+        fx.dest().display()
+    )
+}
+
+/// Files under `dir` with their mode bits and contents, for comparisons.
+pub fn tree(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), (meta.mode() & 0o7777, vec![]));
+                walk(base, &p, out);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.insert(rel, (0, target.display().to_string().into_bytes()));
+            } else {
+                out.insert(rel, (meta.mode() & 0o7777, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+pub fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
