@@ -1,0 +1,282 @@
+//! SPEC 5: the deploy pipeline end to end with real rsync, over HTTP and file://.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::http::{Route, Server};
+use common::{app_tar, gzip, manifest_for, mode, sha256, tar, tree, Fixture, Member, MTIME};
+
+#[test]
+fn http_deploy_with_rsync_lands_files_modes_and_mtimes() {
+    let fx = Fixture::new();
+    let server = Server::start();
+    let data = gzip(&app_tar());
+    let src = server.route("/app.tar.gz", Route::ok(data.clone()));
+    let manifest = server.route(
+        "/manifest.yml",
+        Route::ok(manifest_for(&fx, &src, &sha256(&data), "dest_mode: 0751\n")),
+    );
+    std::fs::create_dir(fx.dest()).unwrap();
+    fx.write("dest/stale.txt", "old");
+    let log = fx.run(&manifest, &[], &[]).ok();
+
+    let dest = fx.dest();
+    assert_eq!(
+        std::fs::read(dest.join("index.html")).unwrap(),
+        b"<p>v1</p>\n"
+    );
+    assert!(
+        !dest.join("stale.txt").exists(),
+        "rsync --delete removes stale files"
+    );
+    assert_eq!(
+        mode(&dest),
+        0o751,
+        "dest_mode wins over the archive's ./ mode"
+    );
+    assert_eq!(mode(&dest.join("bin/start")), 0o755);
+    assert_eq!(mode(&dest.join("secret.conf")), 0o600);
+    let mtime = std::fs::metadata(dest.join("index.html")).unwrap().mtime();
+    assert_eq!(mtime as u64, MTIME, "file mtimes are kept");
+    let dir_mtime = std::fs::metadata(dest.join("bin")).unwrap().mtime();
+    assert_eq!(dir_mtime as u64, MTIME, "directory mtimes are kept");
+
+    let wrote = log.lines().find(|l| l.contains(" Wrote ")).unwrap();
+    let size = stretcher::units::comma(data.len() as u64);
+    assert!(
+        wrote.contains(&format!("Wrote {size} bytes to ")),
+        "{wrote}"
+    );
+    assert!(wrote.contains(" (in ") && wrote.ends_with("/s)"), "{wrote}");
+    assert!(
+        log.contains(&format!("Checksum ok: {}", sha256(&data))),
+        "{log}"
+    );
+    assert!(server
+        .user_agents()
+        .iter()
+        .all(|ua| ua == &format!("Stretcher/{}", env!("CARGO_PKG_VERSION"))));
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn owners_are_kept_when_running_as_root() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    let mut b = ::tar::Builder::new(Vec::new());
+    let mut h = ::tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_uid(1234);
+    h.set_gid(2345);
+    h.set_mtime(MTIME);
+    h.set_size(2);
+    b.append_data(&mut h, "owned.txt", &b"hi"[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    fx.write("a.tar", &data);
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+        .ok();
+    let meta = std::fs::metadata(fx.dest().join("owned.txt")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1234, 2345, 0o640)
+    );
+}
+
+#[test]
+fn excludes_and_exclude_from_protect_dest_files() {
+    let fx = Fixture::new();
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    std::fs::create_dir(fx.dest()).unwrap();
+    fx.write("dest/app.pid", "999");
+    fx.write("dest/old.log", "keep me");
+    let extra = "excludes:\n  - \"*.pid\"\nexclude_from: exclude.list\n";
+    fx.deploy(&manifest_for(
+        &fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        extra,
+    ))
+    .ok();
+    let dest = fx.dest();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app.pid")).unwrap(),
+        "999"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("old.log")).unwrap(),
+        "keep me"
+    );
+    assert!(
+        !dest.join("debug.log").exists(),
+        "excluded via exclude_from"
+    );
+    assert!(dest.join("index.html").exists());
+}
+
+#[test]
+fn every_compression_format_is_sniffed() {
+    let raw = app_tar();
+    let bz = {
+        use std::io::Write;
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(&raw).unwrap();
+        e.finish().unwrap()
+    };
+    let xz = {
+        use std::io::Write;
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(&raw).unwrap();
+        e.finish().unwrap()
+    };
+    let zst = zstd::encode_all(&raw[..], 1).unwrap();
+    // A multi-member gzip stream: two gzip members back to back.
+    let (a, b) = raw.split_at(1024);
+    let multi = [gzip(a), gzip(b)].concat();
+    let reference = {
+        let fx = Fixture::new();
+        fx.write("a.tar", &raw);
+        fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&raw), ""))
+            .ok();
+        tree(&fx.dest())
+    };
+    for (name, data) in [
+        ("gz", gzip(&raw)),
+        ("bz2", bz),
+        ("xz", xz),
+        ("zst", zst),
+        ("multi.gz", multi),
+    ] {
+        let fx = Fixture::new();
+        let file = format!("a.{name}");
+        fx.write(&file, &data);
+        let log = fx
+            .deploy(&manifest_for(&fx, &fx.url(&file), &sha256(&data), ""))
+            .ok();
+        assert_eq!(tree(&fx.dest()), reference, "{name}: {log}");
+    }
+}
+
+#[test]
+fn mv_strategy_renames_into_a_new_dest_and_refuses_a_full_one() {
+    let fx = Fixture::new();
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    let manifest = manifest_for(
+        &fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        "sync_strategy: mv\ndest_mode: 0750\n",
+    );
+    let log = fx.deploy(&manifest).ok();
+    assert!(log.contains("Rename srcdir"), "{log}");
+    assert_eq!(mode(&fx.dest()), 0o750);
+    assert!(fx.dest().join("bin/start").exists());
+    fx.assert_no_temp_files();
+
+    // dest now holds files: mv must fail and leave it as it was.
+    let before = tree(&fx.dest());
+    let log = fx.deploy(&manifest).failed();
+    assert!(log.contains("Deploy manifest failed: rename"), "{log}");
+    assert_eq!(tree(&fx.dest()), before);
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn mv_strategy_copies_across_filesystems() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let fx = Fixture::new();
+    let tmp = tempfile::Builder::new()
+        .prefix("stretcher-test")
+        .tempdir_in(shm)
+        .unwrap();
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    std::fs::create_dir(fx.dest()).unwrap(); // an empty dest is fine
+    let url = fx.manifest(&manifest_for(
+        &fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        "sync_strategy: mv\n",
+    ));
+    let log = fx
+        .run(&url, &[], &[("TMPDIR", tmp.path().to_str().unwrap())])
+        .ok();
+    assert!(log.contains("on another filesystem: copying"), "{log}");
+    assert_eq!(mode(&fx.dest().join("secret.conf")), 0o600);
+    let mtime = std::fs::metadata(fx.dest().join("index.html"))
+        .unwrap()
+        .mtime();
+    assert_eq!(mtime as u64, MTIME);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "temp dir left in TMPDIR"
+    );
+    let siblings: Vec<_> = std::fs::read_dir(fx.root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stretcher"))
+        .collect();
+    assert!(
+        siblings.is_empty(),
+        "staging dir left next to dest: {siblings:?}"
+    );
+}
+
+#[test]
+fn commands_only_manifest_runs_pre_then_post_then_success() {
+    let fx = Fixture::new();
+    let out = fx.path("order");
+    let o = out.display();
+    fx.deploy(&format!(
+        "commands:\n  pre:\n    - echo pre >> {o}\n  post:\n    - echo post >> {o}\n  success:\n    - echo success >> {o}\n  failure:\n    - echo failure >> {o}\n"
+    ))
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "pre\npost\nsuccess\n"
+    );
+}
+
+#[test]
+fn symlinks_and_hard_links_inside_the_tree_are_deployed() {
+    let fx = Fixture::new();
+    let data = tar(&[
+        Member::File("real.txt", b"content", 0o644),
+        Member::Symlink("link.txt", "real.txt"),
+        Member::HardLink("hard.txt", "real.txt"),
+    ]);
+    fx.write("a.tar", &data);
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+        .ok();
+    let dest = fx.dest();
+    assert_eq!(
+        std::fs::read_link(dest.join("link.txt")).unwrap().to_str(),
+        Some("real.txt")
+    );
+    assert_eq!(std::fs::read(dest.join("hard.txt")).unwrap(), b"content");
+}
+
+#[test]
+fn percent_encoded_file_urls_are_decoded() {
+    let fx = Fixture::new();
+    let data = gzip(&app_tar());
+    fx.write("my app/a b.tar.gz", &data);
+    let src = format!("file://{}/my%20app/a%20b.tar.gz", fx.root.path().display());
+    fx.write(
+        "with space.yml",
+        manifest_for(&fx, &src, &sha256(&data), ""),
+    );
+    let url = format!("file://{}/with%20space.yml", fx.root.path().display());
+    fx.run(&url, &[], &[]).ok();
+    assert!(fx.dest().join("index.html").exists());
+}
