@@ -19,6 +19,8 @@ pub struct Route {
     pub truncate_first: usize,
     /// Pause between body chunks of 16 KiB.
     pub chunk_delay: Duration,
+    /// Answer `302 Found` with this `Location` instead.
+    pub location: Option<String>,
 }
 
 impl Route {
@@ -30,6 +32,7 @@ impl Route {
             fail_status: 503,
             truncate_first: 0,
             chunk_delay: Duration::ZERO,
+            location: None,
         }
     }
 }
@@ -131,6 +134,10 @@ impl Server {
             );
             return;
         };
+        if let Some(location) = &route.location {
+            let _ = write!(out, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        }
         if hit <= route.fail_first {
             let _ = write!(
                 out,

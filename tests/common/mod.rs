@@ -180,6 +180,8 @@ pub fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut h = tar::Header::new_old();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(MTIME);
         h.set_size(data.len() as u64);
         h.set_entry_type(tar::EntryType::Regular);

@@ -1,0 +1,213 @@
+//! SPEC 4 and 5.2–5.3: HTTP sources, checksum verification, retries,
+//! timeout and bandwidth limit.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{Route, Server};
+use common::{app_tar, gzip, manifest_for, sha256, tree, Fixture};
+
+struct Case {
+    fx: Fixture,
+    server: Server,
+    data: Vec<u8>,
+}
+
+impl Case {
+    fn new() -> Self {
+        Case {
+            fx: Fixture::new(),
+            server: Server::start(),
+            data: gzip(&app_tar()),
+        }
+    }
+
+    /// Serves `route` at /app.tar.gz and deploys it with `args`.
+    fn deploy(&self, route: Route, args: &[&str]) -> common::Run {
+        self.deploy_sum(route, &sha256(&self.data), args)
+    }
+
+    fn deploy_sum(&self, route: Route, sum: &str, args: &[&str]) -> common::Run {
+        let src = self.server.route("/app.tar.gz", route);
+        let pre = self.fx.path("pre-ran");
+        let extra = format!("commands:\n  pre:\n    - touch {}\n", pre.display());
+        let url = self.fx.manifest(&manifest_for(&self.fx, &src, sum, &extra));
+        self.fx.run(&url, args, &[])
+    }
+
+    fn pre_ran(&self) -> bool {
+        self.fx.path("pre-ran").exists()
+    }
+}
+
+#[test]
+fn not_found_is_an_error_naming_status_and_url_without_retry() {
+    let c = Case::new();
+    let src = c.server.url("/missing.tar.gz");
+    let url = c.fx.manifest(&manifest_for(&c.fx, &src, &sha256(b""), ""));
+    let log =
+        c.fx.run(&url, &["--retry", "3", "--retry-wait", "0"], &[])
+            .failed();
+    assert!(log.contains("src failed:"), "{log}");
+    assert!(
+        log.contains(&format!("HTTP status 404 from {src}")),
+        "{log}"
+    );
+    assert_eq!(c.server.hits("/missing.tar.gz"), 1, "a 404 is not retried");
+    c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn missing_manifest_is_an_error_naming_the_url() {
+    let c = Case::new();
+    let url = c.server.url("/nope.yml");
+    let log = c.fx.run(&url, &[], &[]).failed();
+    assert!(
+        log.contains(&format!("load manifest failed: HTTP status 404 from {url}")),
+        "{log}"
+    );
+    let missing = c.fx.url("nope.yml");
+    let log = c.fx.run(&missing, &[], &[]).failed();
+    assert!(log.contains("load manifest failed: open "), "{log}");
+}
+
+#[test]
+fn checksum_mismatch_stops_before_pre_hooks() {
+    let c = Case::new();
+    let wrong = "0".repeat(64);
+    let log = c
+        .deploy_sum(Route::ok(c.data.clone()), &wrong, &[])
+        .failed();
+    let want = format!(
+        "checksum mismatch. expected:{wrong} got:{}",
+        sha256(&c.data)
+    );
+    assert!(log.contains(&want), "{log}");
+    assert!(!c.pre_ran(), "pre hooks must not run after a mismatch");
+    assert!(!c.fx.dest().exists());
+    c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn uppercase_checksum_matches() {
+    let c = Case::new();
+    let sum = sha256(&c.data).to_uppercase();
+    c.deploy_sum(Route::ok(c.data.clone()), &sum, &[]).ok();
+    assert!(c.pre_ran());
+}
+
+#[test]
+fn server_errors_are_retried() {
+    for status in [503, 500, 429] {
+        let c = Case::new();
+        let mut route = Route::ok(c.data.clone());
+        route.fail_first = 2;
+        route.fail_status = status;
+        let log = c
+            .deploy(route, &["--retry", "2", "--retry-wait", "10ms"])
+            .ok();
+        assert_eq!(c.server.hits("/app.tar.gz"), 3, "{log}");
+        assert!(log.contains("Try again. Waiting: 10ms"), "{log}");
+        assert!(c.fx.dest().join("index.html").exists());
+    }
+}
+
+#[test]
+fn retries_are_bounded() {
+    let c = Case::new();
+    let mut route = Route::ok(c.data.clone());
+    route.fail_first = 10;
+    let log = c
+        .deploy(route, &["-retry", "1", "-retry-wait", "0"])
+        .failed();
+    assert_eq!(c.server.hits("/app.tar.gz"), 2);
+    assert!(
+        log.contains("src failed:") && log.contains("HTTP status 503"),
+        "{log}"
+    );
+    c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn a_body_cut_off_mid_stream_is_retried() {
+    let c = Case::new();
+    let mut route = Route::ok(c.data.clone());
+    route.truncate_first = 1;
+    let log = c
+        .deploy(route, &["--retry", "1", "--retry-wait", "0s"])
+        .ok();
+    assert_eq!(c.server.hits("/app.tar.gz"), 2, "{log}");
+    assert!(log.contains("Get src failed: reading"), "{log}");
+
+    // Without retries, the cut-off body fails the deploy.
+    let c = Case::new();
+    let mut route = Route::ok(c.data.clone());
+    route.truncate_first = 1;
+    let log = c.deploy(route, &[]).failed();
+    assert!(log.contains("src failed:"), "{log}");
+    assert!(!c.pre_ran());
+    c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn timeout_bounds_the_download() {
+    let c = Case::new();
+    let mut route = Route::ok(vec![0u8; 256 * 1024]);
+    route.chunk_delay = Duration::from_millis(200);
+    let started = Instant::now();
+    let log = c
+        .deploy_sum(route, &"0".repeat(64), &["--timeout", "300ms"])
+        .failed();
+    assert!(
+        log.contains("timeout 300ms reached while fetching src"),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout did not stop the download"
+    );
+    assert!(!c.pre_ran());
+    c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn bandwidth_limit_paces_the_download() {
+    let c = Case::new();
+    let data = vec![7u8; 300_000];
+    let sum = sha256(&data);
+    let started = Instant::now();
+    // The archive is not a tar, so the deploy fails after the download.
+    let log = c
+        .deploy_sum(Route::ok(data), &sum, &["--max-bandwidth", "200kB"])
+        .failed();
+    let took = started.elapsed();
+    assert!(log.contains("Set max bandwidth 200 kB/sec"), "{log}");
+    assert!(log.contains("Wrote 300,000 bytes"), "{log}");
+    assert!(
+        took >= Duration::from_millis(1300),
+        "300 kB at 200 kB/s took only {took:?}"
+    );
+}
+
+#[test]
+fn redirects_are_followed() {
+    let c = Case::new();
+    let real = c.server.route("/real.tar.gz", Route::ok(c.data.clone()));
+    let mut redirect = Route::ok(Vec::new());
+    redirect.location = Some(real);
+    c.deploy(redirect, &[]).ok();
+    assert_eq!(c.server.hits("/real.tar.gz"), 1);
+    assert_eq!(tree(&c.fx.dest()), {
+        let fx = Fixture::new();
+        fx.write("a.tar.gz", &c.data);
+        fx.deploy(&manifest_for(
+            &fx,
+            &fx.url("a.tar.gz"),
+            &sha256(&c.data),
+            "",
+        ))
+        .ok();
+        tree(&fx.dest())
+    });
+}

@@ -1,0 +1,97 @@
+//! SPEC 5.5 and the bad-input rules: unsafe or unreadable archives fail the
+//! deploy with one clear error, run the failure hooks, leave dest untouched
+//! and leave no temp files.
+
+mod common;
+
+use common::{gzip, manifest_for, raw_tar, sha256, tar, tree, Fixture, Member};
+
+/// Deploys `data` into a dest that already holds a release; returns the log
+/// after asserting failure, untouched dest, failure hooks and no temp files.
+fn deploy_bad(data: &[u8]) -> String {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.dest()).unwrap();
+    fx.write("dest/index.html", "live");
+    let before = tree(&fx.dest());
+    fx.write("bad.tar", data);
+    let failure = fx.path("failure.log");
+    let extra = format!("commands:\n  failure:\n    - cat > {}\n", failure.display());
+    let log = fx
+        .deploy(&manifest_for(
+            &fx,
+            &fx.url("bad.tar"),
+            &sha256(data),
+            &extra,
+        ))
+        .failed();
+    assert_eq!(tree(&fx.dest()), before, "dest changed: {log}");
+    let hook_stdin = std::fs::read_to_string(&failure).expect("failure hook ran");
+    assert!(
+        hook_stdin.contains("Deploy manifest failed: "),
+        "{hook_stdin}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    fx.assert_no_temp_files();
+    log
+}
+
+#[test]
+fn member_with_dotdot_fails() {
+    let log = deploy_bad(&raw_tar(&[("ok.txt", b"x"), ("a/../../escape.txt", b"x")]));
+    assert!(log.contains("contains '..'"), "{log}");
+}
+
+#[test]
+fn absolute_member_is_stripped_not_written_to_root() {
+    let fx = Fixture::new();
+    let name = format!("{}/abs.txt", fx.path("outside").display());
+    let data = raw_tar(&[(name.as_str(), b"x")]);
+    fx.write("a.tar", &data);
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+        .ok();
+    assert!(!fx.path("outside/abs.txt").exists());
+    let inside = fx.dest().join(name.trim_start_matches('/'));
+    assert!(inside.exists(), "leading / stripped: {}", inside.display());
+}
+
+#[test]
+fn write_through_symlink_outside_fails() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let data = tar(&[
+        Member::Symlink("evil", &target),
+        Member::File("evil/pwned.txt", b"x", 0o644),
+    ]);
+    let log = deploy_bad(&data);
+    assert!(!outside.path().join("pwned.txt").exists(), "{log}");
+}
+
+#[test]
+fn directory_through_symlink_outside_fails() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let data = tar(&[
+        Member::Symlink("evil", &target),
+        Member::Dir("evil/sub/", 0o755),
+    ]);
+    let log = deploy_bad(&data);
+    assert!(log.contains("outside the extraction dir"), "{log}");
+    assert!(!outside.path().join("sub").exists());
+}
+
+#[test]
+fn hard_link_to_outside_fails() {
+    let data = tar(&[Member::HardLink("passwd", "../../../../etc/passwd")]);
+    let log = deploy_bad(&data);
+    assert!(log.contains("contains '..'"), "{log}");
+}
+
+#[test]
+fn unreadable_archive_fails() {
+    let log = deploy_bad(&gzip(
+        b"this is not a tar archive at all, just text that is long enough",
+    ));
+    assert!(log.contains("Deploy manifest failed: "), "{log}");
+    let log = deploy_bad(&[0x1f, 0x8b, 0x08, 0, 1, 2, 3]);
+    assert!(log.contains("Deploy manifest failed: "), "{log}");
+}
