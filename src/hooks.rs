@@ -68,7 +68,7 @@ impl Hooks<'_> {
                     }
                 )
             };
-            let status = self.wait(&mut child, line, pumps).await?;
+            let status = wait(&mut child, line, pumps, self.cancel).await?;
             check(line, status)?;
         }
         Ok(())
@@ -100,7 +100,9 @@ impl Hooks<'_> {
                     _ => {}
                 }
             };
-            let status = self.wait(&mut child, line, feed).await?;
+            // Not cut short by the signal that failed the run: these hooks
+            // report the outcome. A second signal ends the agent (main.rs).
+            let status = wait(&mut child, line, feed, &CancellationToken::new()).await?;
             check(line, status)?;
         }
         Ok(())
@@ -117,30 +119,30 @@ impl Hooks<'_> {
             .kill_on_drop(true);
         cmd
     }
+}
 
-    /// Waits for the child and `io` to finish, or terminates the child's
-    /// process group when the run is cancelled.
-    async fn wait(
-        &self,
-        child: &mut Child,
-        line: &str,
-        io: impl std::future::Future<Output = impl Sized>,
-    ) -> Result<ExitStatus> {
-        let finished = async {
-            let (status, _) = tokio::join!(child.wait(), io);
-            status
-        };
-        tokio::select! {
-            status = finished => Ok(status.with_context(|| format!("failed: {line}"))?),
-            () = self.cancel.cancelled() => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: kill has no memory-safety preconditions; a
-                    // negative pid addresses the hook's own process group.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
-                }
-                let _ = child.wait().await;
-                bail!("failed: {line}: interrupted by signal")
+/// Waits for the child and `io` to finish, or terminates the child's
+/// process group when `cancel` fires.
+async fn wait(
+    child: &mut Child,
+    line: &str,
+    io: impl std::future::Future<Output = impl Sized>,
+    cancel: &CancellationToken,
+) -> Result<ExitStatus> {
+    let finished = async {
+        let (status, _) = tokio::join!(child.wait(), io);
+        status
+    };
+    tokio::select! {
+        status = finished => Ok(status.with_context(|| format!("failed: {line}"))?),
+        () = cancel.cancelled() => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill has no memory-safety preconditions; a
+                // negative pid addresses the hook's own process group.
+                unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
             }
+            let _ = child.wait().await;
+            bail!("failed: {line}: interrupted by signal")
         }
     }
 }

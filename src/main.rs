@@ -29,15 +29,18 @@ fn main() -> ExitCode {
         tokio::spawn(cancel_on_signal(cancel.clone()));
         stretcher::run(&config, &cancel).await.is_ok()
     });
-    // consul watch stops calling a handler that exits non-zero, and replays
-    // events when restarted: under it, always exit 0.
-    let code = if ok || std::env::var_os("CONSUL_INDEX").is_some() {
+    // Exit without waiting for a stdin reader blocked on a silent pipe.
+    std::process::exit(exit_code(ok))
+}
+
+/// 0 on success, 1 on failure; always 0 under `consul watch`, which stops
+/// calling a handler that exits non-zero and replays events when restarted.
+fn exit_code(ok: bool) -> i32 {
+    if ok || std::env::var_os("CONSUL_INDEX").is_some() {
         0
     } else {
         1
-    };
-    // Exit without waiting for a stdin reader blocked on a silent pipe.
-    std::process::exit(code)
+    }
 }
 
 async fn cancel_on_signal(cancel: CancellationToken) {
@@ -48,9 +51,15 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     ) else {
         return;
     };
-    tokio::select! {
-        _ = int.recv() => log::info!("Received SIGINT, stopping"),
-        _ = term.recv() => log::info!("Received SIGTERM, stopping"),
+    for round in 0.. {
+        tokio::select! {
+            _ = int.recv() => log::info!("Received SIGINT, stopping"),
+            _ = term.recv() => log::info!("Received SIGTERM, stopping"),
+        }
+        if round > 0 {
+            // A second signal while failure hooks run: stop now.
+            std::process::exit(exit_code(false));
+        }
+        cancel.cancel();
     }
-    cancel.cancel();
 }

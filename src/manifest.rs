@@ -68,7 +68,9 @@ impl Manifest {
         } else {
             let yaml = yaml_serde::Deserializer::from_str(&rendered);
             serde_ignored::deserialize(yaml, |path| {
-                log::warn!("manifest: ignoring unknown key {path}");
+                // `?` marks an Option layer (`commands.?.postt`): not a key.
+                let key = path.to_string().replace(".?", "");
+                log::warn!("manifest: ignoring unknown key {key}");
             })
             .context("invalid manifest YAML")?
         };

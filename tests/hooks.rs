@@ -1,0 +1,272 @@
+//! SPEC 6: hooks — order, failures, log piping, environment, streaming, signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{app_tar, bin, gzip, manifest_for, sha256, Fixture};
+
+/// An app deploy manifest with `commands` appended.
+fn app_manifest(fx: &Fixture, commands: &str) -> String {
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    manifest_for(
+        fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        &format!("commands:\n{commands}"),
+    )
+}
+
+#[test]
+fn failing_hook_stops_its_list_and_failure_hooks_get_the_log() {
+    let fx = Fixture::new();
+    let failure = fx.path("failure.log");
+    let log = fx
+        .deploy(&app_manifest(
+            &fx,
+            &format!(
+                "  pre:\n    - echo one\n    - exit 3\n    - echo never\n  failure:\n    - cat > {}\n",
+                failure.display()
+            ),
+        ))
+        .failed();
+    assert!(
+        log.contains("Deploy manifest failed: failed: exit 3 exit status 3"),
+        "{log}"
+    );
+    assert!(!log.contains("never"), "{log}");
+    assert!(
+        !fx.dest().exists(),
+        "nothing synced after a failed pre hook"
+    );
+    let stdin = std::fs::read_to_string(failure).unwrap();
+    assert!(stdin.starts_with(log.lines().next().unwrap()), "{stdin}");
+    assert!(
+        stdin.contains("one\n") && stdin.contains("exit status 3"),
+        "{stdin}"
+    );
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn success_hooks_get_the_whole_log_and_their_errors_do_not_fail_the_run() {
+    let fx = Fixture::new();
+    let got = fx.path("success.log");
+    let run = fx.deploy(&app_manifest(
+        &fx,
+        &format!(
+            "  post:\n    - echo post-output\n  success:\n    - exit 5\n    - cat > {}\n",
+            got.display()
+        ),
+    ));
+    let log = run.ok();
+    assert!(log.contains("failed: exit 5 exit status 5"), "{log}");
+    assert!(!got.exists(), "the list stops at the failed hook");
+
+    let run = fx.deploy(&app_manifest(
+        &fx,
+        &format!(
+            "  success:\n    - cat > {}\n    - echo to-stdout\n",
+            got.display()
+        ),
+    ));
+    let log = run.ok();
+    let stdin = std::fs::read_to_string(&got).unwrap();
+    let upto = &log[..log.find("Deploy manifest succeeded.").unwrap()];
+    assert!(
+        stdin.starts_with(upto),
+        "hook stdin is the log so far:\n{stdin}"
+    );
+    assert!(stdin.contains("Deploy manifest succeeded."), "{stdin}");
+    assert_eq!(
+        run.stdout(),
+        "to-stdout\n",
+        "success hook output passes through"
+    );
+}
+
+#[test]
+fn a_hook_that_ignores_a_large_log_is_not_an_error() {
+    let fx = Fixture::new();
+    let done = fx.path("second-ran");
+    let log = fx
+        .deploy(&app_manifest(
+            &fx,
+            &format!(
+                "  pre:\n    - seq 1 30000\n  success:\n    - 'true'\n    - touch {}\n",
+                done.display()
+            ),
+        ))
+        .ok();
+    assert!(log.len() > 128 * 1024, "log should exceed a pipe buffer");
+    assert!(!log.contains("failed to write"), "EPIPE must be ignored");
+    assert!(done.exists());
+}
+
+#[test]
+fn hooks_see_stretcher_variables_and_run_in_the_agents_cwd() {
+    let fx = Fixture::new();
+    let env_out = fx.path("env");
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    let manifest = manifest_for(
+        &fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        &format!(
+            "commands:\n  pre:\n    - pwd >> {o}\n  post:\n    - env | grep ^STRETCHER_ | sort >> {o}\n",
+            o = env_out.display()
+        ),
+    );
+    let url = fx.manifest(&manifest);
+    fx.run(&url, &[], &[]).ok();
+    let got = std::fs::read_to_string(env_out).unwrap();
+    let want = format!(
+        "{}\nSTRETCHER_CHECKSUM={}\nSTRETCHER_DEST={}\nSTRETCHER_MANIFEST_URL={url}\nSTRETCHER_PHASE=post\nSTRETCHER_SRC={}\nSTRETCHER_VERSION={}\n",
+        fx.root.path().display(),
+        sha256(&data),
+        fx.dest().display(),
+        fx.url("app.tar.gz"),
+        env!("CARGO_PKG_VERSION"),
+    );
+    assert_eq!(got, want);
+}
+
+/// Starts the agent on `url` with stderr read line by line into a channel.
+fn spawn(fx: &Fixture, url: Option<&str>) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(bin())
+        .current_dir(fx.root.path())
+        .env("TMPDIR", fx.path("tmp"))
+        .env_remove("CONSUL_INDEX")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(url) = url {
+        stdin.write_all(url.as_bytes()).unwrap();
+    } else {
+        // Keep stdin open: the agent waits for a URL.
+        std::mem::forget(stdin);
+    }
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a stderr line containing `want`; returns every line seen.
+fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = line.contains(want);
+            seen.push(line);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("never saw {want:?}; got:\n{}", seen.join("\n"));
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("agent did not exit");
+}
+
+#[test]
+fn pre_hook_output_is_logged_as_it_arrives() {
+    let fx = Fixture::new();
+    let go = fx.path("go");
+    // The hook waits (bounded) for the test to see its first line. Markers
+    // are computed by the shell so the logged command line cannot match.
+    let url = fx.manifest(&app_manifest(
+        &fx,
+        &format!(
+            "  pre:\n    - 'echo marker-$((0+1)); i=0; while [ ! -e {g} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -e {g} ] && echo marker-$((1+1))'\n",
+            g = go.display()
+        ),
+    ));
+    let (mut child, rx) = spawn(&fx, Some(&url));
+    wait_for(&rx, "marker-1");
+    std::fs::write(&go, "").unwrap();
+    wait_for(&rx, "marker-2");
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[test]
+fn sigterm_stops_the_running_hook_and_fails_the_run() {
+    let fx = Fixture::new();
+    let pid_file = fx.path("sleep.pid");
+    let failure = fx.path("failure-ran");
+    let url = fx.manifest(&app_manifest(
+        &fx,
+        &format!(
+            "  pre:\n    - 'sleep 30 & echo $! > {p}; echo hook-$((1+1))-up; wait'\n  failure:\n    - touch {f}\n",
+            p = pid_file.display(),
+            f = failure.display()
+        ),
+    ));
+    let (mut child, rx) = spawn(&fx, Some(&url));
+    wait_for(&rx, "hook-2-up");
+    let started = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let lines = wait_for(&rx, "Done");
+    assert!(
+        lines.iter().any(|l| l.contains("interrupted by signal")),
+        "{lines:?}"
+    );
+    assert!(failure.exists(), "failure hooks run after a signal");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: probing with signal 0 sends nothing.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "the hook's child process survived SIGTERM");
+    assert!(!fx.dest().exists());
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn sigint_while_waiting_for_stdin_cancels() {
+    let fx = Fixture::new();
+    let (mut child, rx) = spawn(&fx, None);
+    wait_for(&rx, "Waiting for events from STDIN");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_exit(&mut child), 1);
+    let lines = wait_for(&rx, "interrupted by signal");
+    assert!(
+        lines.iter().any(|l| l.contains("could not parse event")),
+        "{lines:?}"
+    );
+}
