@@ -3,6 +3,7 @@
 //! a plain [`Config`].
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,6 +19,9 @@ const LONG_FLAGS: &[&str] = &[
     "retry",
     "retry-wait",
     "rsync-verbose",
+    "state-dir",
+    "force",
+    "lock-timeout",
     "version",
     "help",
 ];
@@ -60,6 +64,18 @@ struct Args {
           value_parser = ["", "-v", "-vv", "-vvv"])]
     rsync_verbose: String,
 
+    /// Remember deployed events here and skip replays of them
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Deploy even if --state-dir says the event was already deployed
+    #[arg(long)]
+    force: bool,
+
+    /// Give up waiting for another run on the same dest after this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    lock_timeout: Option<Duration>,
+
     /// Show version and exit
     #[arg(short = 'v', long)]
     version: bool,
@@ -80,6 +96,12 @@ pub struct Config {
     pub retry_wait: Duration,
     /// rsync verbosity argument; empty adds none.
     pub rsync_verbose: String,
+    /// Replay guard directory.
+    pub state_dir: Option<PathBuf>,
+    /// Ignore the replay guard.
+    pub force: bool,
+    /// Bound on waiting for the dest lock.
+    pub lock_timeout: Option<Duration>,
 }
 
 /// The outcome of parsing the command line.
@@ -142,6 +164,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         retry: args.retry,
         retry_wait: args.retry_wait,
         rsync_verbose: args.rsync_verbose,
+        state_dir: args.state_dir,
+        force: args.force,
+        lock_timeout: args.lock_timeout,
     })
 }
 

@@ -7,14 +7,69 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 /// The deploy request read from stdin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
     /// The manifest URL.
     pub url: String,
-    /// The Consul event ID, when the input was a Consul event list.
-    pub consul_id: Option<String>,
-    /// The Consul event's Lamport time, when the input was a Consul event list.
-    pub consul_ltime: Option<u64>,
+    /// Where the event came from and which one it is, when known.
+    pub source: Option<Source>,
+}
+
+/// Identity of an event from Consul or Serf, for the replay guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// `consul` or `serf`.
+    pub system: &'static str,
+    /// The event name (`deploy`).
+    pub name: String,
+    /// Consul's event ID; empty for Serf.
+    pub id: String,
+    /// The Lamport time, when given.
+    pub ltime: Option<u64>,
+}
+
+impl Source {
+    /// A short label for log lines: the Consul ID or `serf deploy@LTime`.
+    pub fn label(&self) -> String {
+        match (&self.id, self.ltime) {
+            (id, _) if !id.is_empty() => id.clone(),
+            (_, Some(l)) => format!("{} {}@{l}", self.system, self.name),
+            _ => format!("{} {}", self.system, self.name),
+        }
+    }
+}
+
+/// What the environment says about how we were invoked.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// `CONSUL_INDEX` is set: a `consul watch` handler.
+    pub consul: bool,
+    /// `SERF_EVENT` (`user`, `query`, …).
+    pub serf_event: Option<String>,
+    /// `SERF_USER_EVENT` or `SERF_QUERY_NAME`.
+    pub serf_name: Option<String>,
+    /// `SERF_USER_LTIME` or `SERF_QUERY_LTIME`.
+    pub serf_ltime: Option<u64>,
+}
+
+impl Invocation {
+    /// Reads the variables `consul watch` and `serf agent` set for handlers.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Invocation {
+            consul: std::env::var_os("CONSUL_INDEX").is_some(),
+            serf_event: var("SERF_EVENT"),
+            serf_name: var("SERF_USER_EVENT").or_else(|| var("SERF_QUERY_NAME")),
+            serf_ltime: var("SERF_USER_LTIME")
+                .or_else(|| var("SERF_QUERY_LTIME"))
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// True for a `serf query` handler, whose stdout is the query response.
+    pub fn is_serf_query(&self) -> bool {
+        self.serf_event.as_deref() == Some("query")
+    }
 }
 
 /// One element of the array `consul watch -type event` writes to its handler.
@@ -22,20 +77,17 @@ pub struct Event {
 struct ConsulEvent {
     #[serde(rename = "ID", default)]
     id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
     #[serde(rename = "Payload", default)]
     payload: Option<String>,
     #[serde(rename = "LTime", default)]
     ltime: Option<u64>,
 }
 
-/// Reads the manifest URL from `input`. `consul` is true when `CONSUL_INDEX`
-/// is set; otherwise a leading `[` selects the Consul format. `serf_user_event`
-/// is the value of `SERF_USER_EVENT`, logged when present.
-pub async fn read_event<R: AsyncBufRead + Unpin>(
-    mut input: R,
-    consul: bool,
-    serf_user_event: Option<&str>,
-) -> Result<Event> {
+/// Reads the manifest URL from `input`: a Consul event list when
+/// `CONSUL_INDEX` is set or the input starts with `[`, else one line.
+pub async fn read_event<R: AsyncBufRead + Unpin>(mut input: R, how: &Invocation) -> Result<Event> {
     log::info!("Waiting for events from STDIN...");
     let first = input
         .fill_buf()
@@ -46,7 +98,7 @@ pub async fn read_event<R: AsyncBufRead + Unpin>(
     let Some(first) = first else {
         bail!("no input on stdin: expected a manifest URL or a Consul event list");
     };
-    if consul || first == b'[' {
+    if how.consul || first == b'[' {
         log::info!("Reading Consul event");
         let mut json = Vec::new();
         input
@@ -55,8 +107,10 @@ pub async fn read_event<R: AsyncBufRead + Unpin>(
             .context("reading stdin")?;
         return parse_consul(&json);
     }
-    if let Some(name) = serf_user_event.filter(|n| !n.is_empty()) {
-        log::info!("Reading Serf user event: {name}");
+    match (how.serf_event.as_deref(), &how.serf_name) {
+        (Some("query"), Some(name)) => log::info!("Reading Serf query: {name}"),
+        (_, Some(name)) => log::info!("Reading Serf user event: {name}"),
+        _ => {}
     }
     let mut line = String::new();
     input.read_line(&mut line).await.context("reading stdin")?;
@@ -64,10 +118,15 @@ pub async fn read_event<R: AsyncBufRead + Unpin>(
     if url.is_empty() {
         bail!("empty manifest URL on stdin");
     }
+    let source = how.serf_name.as_ref().map(|name| Source {
+        system: "serf",
+        name: name.clone(),
+        id: String::new(),
+        ltime: how.serf_ltime,
+    });
     Ok(Event {
         url: url.to_string(),
-        consul_id: None,
-        consul_ltime: None,
+        source,
     })
 }
 
@@ -93,8 +152,12 @@ fn parse_consul(json: &[u8]) -> Result<Event> {
     }
     Ok(Event {
         url: url.to_string(),
-        consul_id: Some(last.id.clone()),
-        consul_ltime: last.ltime,
+        source: Some(Source {
+            system: "consul",
+            name: last.name.clone(),
+            id: last.id.clone(),
+            ltime: last.ltime,
+        }),
     })
 }
 
@@ -103,14 +166,18 @@ mod tests {
     use super::*;
 
     async fn read(input: &str, consul: bool) -> Result<Event> {
-        read_event(input.as_bytes(), consul, None).await
+        let how = Invocation {
+            consul,
+            ..Invocation::default()
+        };
+        read_event(input.as_bytes(), &how).await
     }
 
     #[tokio::test]
     async fn plain_line_without_newline_is_trimmed() {
         let ev = read("  file:///tmp/m.yml  ", false).await.unwrap();
         assert_eq!(ev.url, "file:///tmp/m.yml");
-        assert_eq!(ev.consul_id, None);
+        assert_eq!(ev.source, None);
     }
 
     #[tokio::test]
@@ -127,8 +194,8 @@ mod tests {
                        {"ID":"b","Name":"deploy","Payload":"c2Vjb25k","LTime":2}]"#;
         let ev = read(json, false).await.unwrap();
         assert_eq!(ev.url, "second");
-        assert_eq!(ev.consul_id.as_deref(), Some("b"));
-        assert_eq!(ev.consul_ltime, Some(2));
+        let source = ev.source.unwrap();
+        assert_eq!((source.id.as_str(), source.ltime), ("b", Some(2)));
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ pub struct Hooks<'a> {
     pub env: Vec<(&'static str, String)>,
     /// Fires on SIGINT/SIGTERM: the running hook's group gets SIGTERM.
     pub cancel: &'a CancellationToken,
+    /// Send `success`/`failure` hook stdout to our stderr (stdout is
+    /// reserved for a `serf query` answer).
+    pub stdout_to_stderr: bool,
 }
 
 impl Hooks<'_> {
@@ -81,7 +84,7 @@ impl Hooks<'_> {
             let mut child = self
                 .command(phase, line)
                 .stdin(Stdio::piped())
-                .stdout(Stdio::inherit())
+                .stdout(self.passthrough_stdout()?)
                 .stderr(Stdio::inherit())
                 .spawn()
                 .with_context(|| format!("failed: {line}: cannot run sh"))?;
@@ -106,6 +109,15 @@ impl Hooks<'_> {
             check(line, status)?;
         }
         Ok(())
+    }
+
+    fn passthrough_stdout(&self) -> Result<Stdio> {
+        if !self.stdout_to_stderr {
+            return Ok(Stdio::inherit());
+        }
+        use std::os::fd::AsFd;
+        let fd = std::io::stderr().as_fd().try_clone_to_owned()?;
+        Ok(Stdio::from(fd))
     }
 
     fn command(&self, phase: Phase, line: &str) -> Command {

@@ -9,9 +9,12 @@ pub mod digest;
 pub mod event;
 pub mod fetch;
 pub mod hooks;
+pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod query;
 pub mod source;
+pub mod state;
 pub mod sync;
 pub mod template;
 pub mod units;
@@ -19,30 +22,56 @@ pub mod units;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Config;
+use crate::event::{Event, Invocation};
 use crate::hooks::{Hooks, Phase};
 use crate::manifest::Manifest;
+use crate::query::Outcome;
+use crate::state::StateDir;
 
 /// This build's version, as `stretcher --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the agent once: stdin → manifest → deploy → hooks. Every error is
 /// logged here; the result only tells the caller which exit status to use.
+/// Under `serf query`, the one-line outcome is printed on stdout.
 pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
     ::log::info!("Starting up stretcher agent {VERSION}");
-    let result = run_logged(config, cancel).await;
-    match &result {
-        Err(e) if !e.is::<Logged>() => ::log::info!("{e:#}"),
-        _ => {}
+    let how = Invocation::from_env();
+    let started = Instant::now();
+    let mut step = "event";
+    let result = run_logged(config, &how, cancel, &mut step).await;
+    let outcome = match &result {
+        Ok(outcome) => outcome.clone(),
+        Err(e) => {
+            if !e.is::<Logged>() {
+                ::log::info!("{e:#}");
+            }
+            Outcome::Failed {
+                step,
+                error: e
+                    .downcast_ref::<Logged>()
+                    .map_or_else(|| format!("{e:#}"), |l| l.0.clone()),
+            }
+        }
+    };
+    if how.is_serf_query() {
+        println!("{}", outcome.line(started.elapsed()));
     }
-    result
+    result.map(|_| ())
 }
 
-async fn run_logged(config: &Config, cancel: &CancellationToken) -> Result<()> {
+async fn run_logged(
+    config: &Config,
+    how: &Invocation,
+    cancel: &CancellationToken,
+    step: &mut &'static str,
+) -> Result<Outcome> {
     if let Some(limit) = config.random_delay.filter(|d| !d.is_zero()) {
         let delay = limit.mul_f64(rand::random::<f64>());
         ::log::info!("Sleeping {}", units::format_duration(delay));
@@ -53,16 +82,24 @@ async fn run_logged(config: &Config, cancel: &CancellationToken) -> Result<()> {
         .await?;
     }
 
-    let consul = std::env::var_os("CONSUL_INDEX").is_some();
-    let serf_event = std::env::var("SERF_USER_EVENT").ok();
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let event = cancellable(
-        cancel,
-        event::read_event(stdin, consul, serf_event.as_deref()),
-    )
-    .await
-    .context("could not parse event")?;
+    let event = cancellable(cancel, event::read_event(stdin, how))
+        .await
+        .context("could not parse event")?;
 
+    let state = config
+        .state_dir
+        .as_deref()
+        .map(StateDir::open)
+        .transpose()?;
+    if let (Some(state), Some(source), false) = (&state, &event.source, config.force) {
+        if state.already_deployed(source)? {
+            ::log::info!("Event {} already deployed, skipping", source.label());
+            return Ok(Outcome::Skipped(source.label()));
+        }
+    }
+
+    *step = "manifest";
     ::log::info!("Loading manifest: {}", event.url);
     let manifest = source::read_to_string(&event.url)
         .await
@@ -79,59 +116,86 @@ async fn run_logged(config: &Config, cancel: &CancellationToken) -> Result<()> {
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
         cancel,
+        // A query handler's stdout is its answer to the querier.
+        stdout_to_stderr: how.is_serf_query(),
     };
-    let result = deploy(&manifest, config, &hooks, cancel).await;
+    let result = deploy(&manifest, config, &hooks, cancel, step).await;
     let outcome = match result {
-        Ok(()) => {
+        Ok(bytes) => {
             ::log::info!("Deploy manifest succeeded.");
+            if let Some(state) = &state {
+                record(state, &event, &manifest)?;
+            }
             let ran = hooks
                 .run_piped(Phase::Success, &manifest.commands.success, &log::snapshot())
                 .await;
             if let Err(e) = ran {
                 ::log::info!("{e:#}");
             }
-            Ok(())
+            Ok(Outcome::Deployed {
+                dest: manifest.dest.clone(),
+                checksum: manifest.checksum.clone(),
+                bytes,
+            })
         }
         Err(e) => {
-            ::log::info!("Deploy manifest failed: {e:#}");
+            let message = format!("{e:#}");
+            ::log::info!("Deploy manifest failed: {message}");
             let ran = hooks
                 .run_piped(Phase::Failure, &manifest.commands.failure, &log::snapshot())
                 .await;
             if let Err(e) = ran {
                 ::log::info!("{e:#}");
             }
-            Err(Logged.into())
+            Err(Logged(message).into())
         }
     };
     ::log::info!("Done");
     outcome
 }
 
+fn record(state: &StateDir, event: &Event, m: &Manifest) -> Result<()> {
+    let entry = state::DestRecord {
+        manifest: event.url.clone(),
+        checksum: m.checksum.clone(),
+        event: event.source.as_ref().map(|s| s.label()),
+        deployed_at: chrono::Utc::now().to_rfc3339(),
+    };
+    state.record(event.source.as_ref(), &m.dest, entry)
+}
+
 /// A failed deploy, already logged as `Deploy manifest failed: …`.
 #[derive(Debug)]
-pub struct Logged;
+struct Logged(String);
 
 impl std::fmt::Display for Logged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Deploy manifest failed")
+        write!(f, "Deploy manifest failed: {}", self.0)
     }
 }
 
 impl std::error::Error for Logged {}
 
-/// The deploy pipeline, in SPEC order: validate, download and verify, `pre`,
-/// extract, chmod, sync, `post`. The temp file and dir are removed on return.
+/// The deploy pipeline, in SPEC order: validate, lock, download and verify,
+/// `pre`, extract, chmod, sync, `post`. Returns the archive size. The temp
+/// file and dir are removed, and the lock released, on return. `step`
+/// names the step under way, for the one-line result.
 async fn deploy(
     m: &Manifest,
     config: &Config,
     hooks: &Hooks<'_>,
     cancel: &CancellationToken,
-) -> Result<()> {
+    step: &mut &'static str,
+) -> Result<u64> {
     if m.src.is_empty() {
+        *step = "pre";
         hooks.run(Phase::Pre, &m.commands.pre).await?;
-        return hooks.run(Phase::Post, &m.commands.post).await;
+        *step = "post";
+        hooks.run(Phase::Post, &m.commands.post).await?;
+        return Ok(0);
     }
 
+    *step = "validate";
     let strategy = sync::from_name(
         &m.sync_strategy,
         sync::Settings {
@@ -142,6 +206,10 @@ async fn deploy(
     )?;
     digest::Verifier::new(&m.checksum)?;
 
+    *step = "lock";
+    let _lock = cancellable(cancel, lock::acquire(&m.dest, config.lock_timeout)).await?;
+
+    *step = "download";
     let options = fetch::Options {
         max_bandwidth: config.max_bandwidth,
         timeout: config.timeout,
@@ -150,9 +218,11 @@ async fn deploy(
     };
     let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options)).await?;
 
+    *step = "pre";
     hooks.run(Phase::Pre, &m.commands.pre).await?;
     interrupted(cancel)?;
 
+    *step = "extract";
     let dir = tempfile::Builder::new()
         .prefix("stretcher_src")
         .tempdir()
@@ -165,6 +235,7 @@ async fn deploy(
     );
     let root = dir.path().to_path_buf();
     blocking(move || archive::extract(&archive, &root)).await?;
+    let bytes = download.bytes;
     drop(download);
     interrupted(cancel)?;
 
@@ -172,11 +243,14 @@ async fn deploy(
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m.dest_mode()))
         .with_context(|| format!("chmod {}", dir.path().display()))?;
 
+    *step = "sync";
     let (from, to) = (dir.path().to_path_buf(), Path::new(&m.dest).to_path_buf());
     blocking(move || strategy.sync(&from, &to)).await?;
     interrupted(cancel)?;
 
-    hooks.run(Phase::Post, &m.commands.post).await
+    *step = "post";
+    hooks.run(Phase::Post, &m.commands.post).await?;
+    Ok(bytes)
 }
 
 /// Runs blocking file work off the async workers.
