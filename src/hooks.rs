@@ -39,9 +39,9 @@ pub struct Hooks<'a> {
     pub env: Vec<(&'static str, String)>,
     /// Fires on SIGINT/SIGTERM: the running hook's group gets SIGTERM.
     pub cancel: &'a CancellationToken,
-    /// Send `success`/`failure` hook stdout to our stderr (stdout is
-    /// reserved for a `serf query` answer).
-    pub stdout_to_stderr: bool,
+    /// Discard `success`/`failure` hook output: a `serf query` handler's
+    /// stdout and stderr are its one-line answer.
+    pub quiet: bool,
 }
 
 impl Hooks<'_> {
@@ -84,8 +84,8 @@ impl Hooks<'_> {
             let mut child = self
                 .command(phase, line)
                 .stdin(Stdio::piped())
-                .stdout(self.passthrough_stdout()?)
-                .stderr(Stdio::inherit())
+                .stdout(self.passthrough())
+                .stderr(self.passthrough())
                 .spawn()
                 .with_context(|| format!("failed: {line}: cannot run sh"))?;
             let stdin = child.stdin.take();
@@ -111,13 +111,12 @@ impl Hooks<'_> {
         Ok(())
     }
 
-    fn passthrough_stdout(&self) -> Result<Stdio> {
-        if !self.stdout_to_stderr {
-            return Ok(Stdio::inherit());
+    fn passthrough(&self) -> Stdio {
+        if self.quiet {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
         }
-        use std::os::fd::AsFd;
-        let fd = std::io::stderr().as_fd().try_clone_to_owned()?;
-        Ok(Stdio::from(fd))
     }
 
     fn command(&self, phase: Phase, line: &str) -> Command {

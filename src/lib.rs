@@ -116,8 +116,7 @@ async fn run_logged(
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
         cancel,
-        // A query handler's stdout is its answer to the querier.
-        stdout_to_stderr: how.is_serf_query(),
+        quiet: how.is_serf_query(),
     };
     let result = deploy(&manifest, config, &hooks, cancel, step).await;
     let outcome = match result {

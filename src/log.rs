@@ -2,10 +2,14 @@
 //! teed into an in-memory run log that `success`/`failure` hooks read on stdin.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Everything logged during this run, in order, as written to stderr.
 static RUN_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// When set, lines go to the run log only, not to stderr.
+static QUIET: AtomicBool = AtomicBool::new(false);
 
 struct GoLogger;
 
@@ -35,11 +39,16 @@ fn write_line(msg: &str) {
     let mut buf = RUN_LOG.lock().unwrap_or_else(|e| e.into_inner());
     buf.extend_from_slice(line.as_bytes());
     // Written under the lock so stderr and the run log keep the same order.
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    if !QUIET.load(Ordering::Relaxed) {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
 }
 
-/// Installs the logger. Safe to call more than once.
-pub fn init() {
+/// Installs the logger. With `quiet`, lines are kept for the hooks but not
+/// written to stderr (a `serf query` handler's stderr is merged into its
+/// response). Safe to call more than once.
+pub fn init(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
     static LOGGER: GoLogger = GoLogger;
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);

@@ -13,7 +13,8 @@ fn main() -> ExitCode {
         }
         Command::Run(config) => config,
     };
-    stretcher::log::init();
+    let query = stretcher::event::Invocation::from_env().is_serf_query();
+    stretcher::log::init(query);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,9 +35,12 @@ fn main() -> ExitCode {
 }
 
 /// 0 on success, 1 on failure; always 0 under `consul watch`, which stops
-/// calling a handler that exits non-zero and replays events when restarted.
+/// calling a handler that exits non-zero and replays events when restarted,
+/// and under `serf query`, which drops the answer of a handler that fails
+/// (the answer line carries the outcome).
 fn exit_code(ok: bool) -> i32 {
-    if ok || std::env::var_os("CONSUL_INDEX").is_some() {
+    let query = std::env::var("SERF_EVENT").is_ok_and(|e| e == "query");
+    if ok || query || std::env::var_os("CONSUL_INDEX").is_some() {
         0
     } else {
         1
