@@ -1,6 +1,6 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo clean
+.PHONY: build release test deps demo bench clean
 
 build:
 	$(CARGO) build
@@ -22,6 +22,11 @@ test: deps
 ## demo: build, pack examples/app, deploy it with `echo file://… | stretcher`
 demo: deps release
 	sh examples/demo.sh target/release/stretcher
+
+## bench: the default deploy path against Go stretcher's steps; writes bench/results.md
+bench: release
+	sh scripts/test-deps.sh bench
+	python3 bench/bench.py
 
 clean:
 	$(CARGO) clean

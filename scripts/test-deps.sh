@@ -5,6 +5,11 @@ set -eu
 missing=""
 command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 command -v serf >/dev/null 2>&1 || missing="$missing serf"
+# `test-deps.sh bench`: also what make bench runs.
+if [ "${1:-}" = bench ]; then
+    [ -x /usr/bin/time ] || missing="$missing time"
+    command -v curl >/dev/null 2>&1 || missing="$missing curl"
+fi
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 
 if ! command -v moto_server >/dev/null 2>&1 ||
