@@ -4,8 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use std::io::Write;
 use tempfile::NamedTempFile;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::AsyncReadExt;
 
 use crate::digest::Verifier;
 use crate::source;
@@ -34,7 +36,7 @@ pub struct Download {
     pub checksum: String,
 }
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1 << 20;
 
 /// Downloads `url`, verifies it against `checksum` and returns the temp file.
 pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<Download> {
@@ -96,37 +98,50 @@ async fn download_once(
         .tempfile()
         .context("creating a temp file for src")?;
     let path = file.path().display().to_string();
-    let mut out = tokio::io::BufWriter::with_capacity(
-        4 * CHUNK,
-        tokio::fs::File::from_std(file.reopen().context("reopening the temp file")?),
-    );
+    // Reading and hashing happen here; writing happens on a blocking thread,
+    // so the three overlap. The channel bounds the bytes in flight.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let mut out = file.reopen().context("reopening the temp file")?;
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        while let Some(chunk) = rx.blocking_recv() {
+            out.write_all(&chunk)?;
+        }
+        Ok(())
+    });
     // Small reads at low rates keep the pacing smooth.
     let chunk = max_bandwidth.map_or(CHUNK, |bw| (bw as usize / 10).clamp(1024, CHUNK));
-    let mut buf = vec![0u8; chunk];
     let mut written = 0u64;
-    loop {
-        let n = body
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("reading {url}"))?;
-        if n == 0 {
-            break;
-        }
-        verifier.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .await
-            .with_context(|| format!("writing {path}"))?;
-        written += n as u64;
-        if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
-            let due = Duration::from_secs_f64(written as f64 / bw as f64);
-            if let Some(ahead) = due.checked_sub(begin.elapsed()) {
-                tokio::time::sleep(ahead).await;
+    let read_result: Result<()> = async {
+        loop {
+            let mut buf = Vec::with_capacity(chunk);
+            let n = (&mut body)
+                .take(chunk as u64)
+                .read_to_end(&mut buf)
+                .await
+                .with_context(|| format!("reading {url}"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            verifier.update(&buf);
+            written += n as u64;
+            if tx.send(buf).await.is_err() {
+                return Ok(()); // the writer failed; its error is reported below
+            }
+            if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
+                let due = Duration::from_secs_f64(written as f64 / bw as f64);
+                if let Some(ahead) = due.checked_sub(begin.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
             }
         }
     }
-    out.flush()
+    .await;
+    drop(tx);
+    writer
         .await
+        .map_err(|e| anyhow!("writer thread failed: {e}"))?
         .with_context(|| format!("writing {path}"))?;
+    read_result?;
     let elapsed = begin.elapsed();
     let rate = (written as f64 / elapsed.as_secs_f64().max(1e-9)) as u64;
     log::info!(

@@ -12,7 +12,7 @@ fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
 }
 
 /// The tree the app archive deploys to, for comparisons.
-fn reference_tree() -> std::collections::BTreeMap<String, (u32, Vec<u8>)> {
+fn reference_tree() -> std::collections::BTreeMap<String, common::Node> {
     let fx = Fixture::new();
     let data = gzip(&app_tar());
     fx.write("a.tar.gz", &data);

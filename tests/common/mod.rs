@@ -231,22 +231,34 @@ pub fn manifest_for(fx: &Fixture, src: &str, sum: &str, extra: &str) -> String {
     )
 }
 
-/// Files under `dir` with their mode bits and contents, for comparisons.
-pub fn tree(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+/// One entry of [`tree`]: mode bits, mtime (0 for symlinks), contents or
+/// link target.
+pub type Node = (u32, i64, Vec<u8>);
+
+/// Everything under `dir` (not `dir` itself): modes, mtimes and contents.
+pub fn tree(dir: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             let meta = std::fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(base).unwrap().display().to_string();
             if meta.is_dir() {
-                out.insert(format!("{rel}/"), (meta.mode() & 0o7777, vec![]));
+                out.insert(
+                    format!("{rel}/"),
+                    (meta.mode() & 0o7777, meta.mtime(), vec![]),
+                );
                 walk(base, &p, out);
             } else if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&p).unwrap();
-                out.insert(rel, (0, target.display().to_string().into_bytes()));
+                out.insert(rel, (0, 0, target.display().to_string().into_bytes()));
             } else {
-                out.insert(rel, (meta.mode() & 0o7777, std::fs::read(&p).unwrap()));
+                let node = (
+                    meta.mode() & 0o7777,
+                    meta.mtime(),
+                    std::fs::read(&p).unwrap(),
+                );
+                out.insert(rel, node);
             }
         }
     }

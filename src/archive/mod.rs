@@ -12,9 +12,23 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
+use std::collections::HashSet;
+
 use anyhow::{bail, Context, Result};
 
+mod writers;
+
+use writers::{FileJob, Writers};
+
 const READ_BUFFER: usize = 1 << 20;
+
+/// Members up to this size are buffered and written by the writer threads;
+/// larger ones are streamed to disk by the extracting thread.
+const BUFFERED_MAX: u64 = 1 << 20;
+
+/// Writer threads: creating files is latency-bound, so a few help even on
+/// two cores.
+const WRITER_THREADS: usize = 2;
 
 /// Compression detected from the first bytes of an archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,53 +108,145 @@ pub fn extract(archive: &Path, dir: &Path) -> Result<()> {
     tar.set_preserve_mtime(true);
     tar.set_overwrite(true);
     tar.set_mask(mask);
-    let mut dirs = Vec::new();
     let unreadable = || format!("unreadable archive {}", archive.display());
-    for entry in tar.entries().with_context(unreadable)? {
-        let mut entry = entry.with_context(unreadable)?;
-        let raw = entry.path().with_context(unreadable)?.into_owned();
-        let rel = sanitize(&raw)?;
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            let path = dir.join(&rel);
-            check_inside(dir, &path, &raw)?;
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let header = entry.header();
-            dirs.push(DirMeta {
-                path,
-                mode: header.mode().unwrap_or(0o755) & !mask & 0o7777,
-                mtime: header.mtime().unwrap_or(0),
-                owner: root
-                    .then(|| Some((header.uid().ok()?, header.gid().ok()?)))
-                    .flatten(),
-            });
-        } else if kind.is_hard_link() {
-            let Some(target) = entry.link_name().with_context(unreadable)? else {
-                bail!("hard link {} has no target", raw.display());
-            };
-            let target = dir.join(sanitize(&target)?);
-            let link = dir.join(&rel);
-            check_inside(dir, &target, &raw)?;
-            check_inside(dir, &link, &raw)?;
-            if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let _ = std::fs::remove_file(&link);
-            std::fs::hard_link(&target, &link)
-                .with_context(|| format!("hard link {} to {}", raw.display(), target.display()))?;
-        } else if rel.as_os_str().is_empty() {
-            bail!("archive member {:?} has an empty name", raw);
-        } else {
-            entry
-                .unpack_in(dir)
-                .with_context(|| format!("extracting {}", raw.display()))?;
+    let mut state = Extraction {
+        dir,
+        mask,
+        root,
+        dirs: Vec::new(),
+        made: HashSet::new(),
+        symlinks: HashSet::new(),
+        hard_links: Vec::new(),
+    };
+    let writers = Writers::new(WRITER_THREADS);
+    let result = tar.entries().with_context(unreadable).and_then(|entries| {
+        for entry in entries {
+            state.member(entry.with_context(unreadable)?, &writers)?;
         }
+        Ok(())
+    });
+    // Always wait for the writers, so nothing writes after we return.
+    let written = writers.finish();
+    result?;
+    written?;
+    for (raw, rel, target) in &state.hard_links {
+        state.hard_link(raw, rel, target)?;
     }
-    for meta in dirs.iter().rev() {
+    for meta in state.dirs.iter().rev() {
         apply_dir_meta(meta)?;
     }
     Ok(())
+}
+
+/// What one extraction has done so far.
+struct Extraction<'a> {
+    dir: &'a Path,
+    mask: u32,
+    root: bool,
+    /// Directory metadata, applied last.
+    dirs: Vec<DirMeta>,
+    /// Directories known to exist (absolute paths).
+    made: HashSet<PathBuf>,
+    /// Symlinks extracted so far (relative paths).
+    symlinks: HashSet<PathBuf>,
+    /// Hard links `(member, link, target)`, made after every file is written.
+    hard_links: Vec<(PathBuf, PathBuf, PathBuf)>,
+}
+
+impl Extraction<'_> {
+    fn member<R: Read>(&mut self, mut entry: tar::Entry<R>, writers: &Writers) -> Result<()> {
+        let raw = entry.path()?.into_owned();
+        let rel = sanitize(&raw)?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let owner = self
+            .root
+            .then(|| Some((header.uid().ok()? as u32, header.gid().ok()? as u32)))
+            .flatten();
+        let mode = header.mode().unwrap_or(0o644);
+        let mode = if self.root {
+            mode & 0o7777
+        } else {
+            mode & 0o777 & !self.mask
+        };
+        let mtime = header.mtime().unwrap_or(0);
+        if kind.is_dir() {
+            let path = self.dir.join(&rel);
+            check_inside(self.dir, &path, &raw)?;
+            self.make_dir(&path)?;
+            self.dirs.push(DirMeta {
+                path,
+                mode: header.mode().unwrap_or(0o755) & !self.mask & 0o7777,
+                mtime,
+                owner: owner.map(|(u, g)| (u as u64, g as u64)),
+            });
+        } else if kind.is_hard_link() {
+            let Some(target) = entry.link_name()? else {
+                bail!("hard link {} has no target", raw.display());
+            };
+            let target = sanitize(&target)?;
+            self.hard_links.push((raw, rel, target));
+        } else if rel.as_os_str().is_empty() {
+            bail!("archive member {:?} has an empty name", raw);
+        } else if kind.is_file() && entry.size() <= BUFFERED_MAX && !self.through_symlink(&rel) {
+            let path = self.dir.join(&rel);
+            if let Some(parent) = path.parent() {
+                self.make_dir(parent)?;
+            }
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading {}", raw.display()))?;
+            writers.submit(FileJob {
+                path,
+                data,
+                mode,
+                mtime: mtime as i64,
+                owner,
+            })?;
+        } else {
+            // Large files, symlinks and special files: the tar crate checks
+            // that parents resolve inside `dir`.
+            if kind.is_symlink() {
+                self.symlinks.insert(rel.clone());
+            }
+            entry
+                .unpack_in(self.dir)
+                .with_context(|| format!("extracting {}", raw.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Creates `path` and its parents once.
+    fn make_dir(&mut self, path: &Path) -> Result<()> {
+        if self.made.contains(path) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        for p in path.ancestors().take_while(|p| p.starts_with(self.dir)) {
+            if !self.made.insert(p.to_path_buf()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `rel` goes through a symlink this archive created.
+    fn through_symlink(&self, rel: &Path) -> bool {
+        !self.symlinks.is_empty() && rel.ancestors().skip(1).any(|p| self.symlinks.contains(p))
+    }
+
+    fn hard_link(&self, raw: &Path, rel: &Path, target: &Path) -> Result<()> {
+        let (link, target) = (self.dir.join(rel), self.dir.join(target));
+        check_inside(self.dir, &target, raw)?;
+        check_inside(self.dir, &link, raw)?;
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&target, &link)
+            .with_context(|| format!("hard link {} to {}", raw.display(), target.display()))
+    }
 }
 
 fn apply_dir_meta(meta: &DirMeta) -> Result<()> {
