@@ -120,9 +120,10 @@ def run_ours(binary, place, src_url, checksum):
 
 
 def tree_digest(path):
-    """Paths, modes, mtimes and contents of a tree, for an equality check."""
+    """Paths, modes, mtimes and contents of a tree (not its root, whose mtime
+    is the time of extraction), for an equality check."""
     out = subprocess.run(
-        f"cd {path} && find . -printf '%p %y %m %T@ %s\\n' | sort && "
+        f"cd {path} && find . -mindepth 1 -printf '%p %y %m %T@ %s\\n' | sort && "
         f"find . -type f -print0 | sort -z | xargs -0 sha256sum",
         shell=True, check=True, capture_output=True, text=True)
     return hashlib.sha256(out.stdout.encode()).hexdigest()
@@ -215,32 +216,80 @@ def go_duration(s):
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ns|µs|us|ms|s|m|h)", s))
 
 
+def measure_rss(binary, d, src, checksum, env=None):
+    """Peak RSS (MB) of a whole deploy with the mv strategy (no rsync child)."""
+    manifest = os.path.join(d, "m.yml")
+    dest = os.path.join(d, "dest")
+    with open(manifest, "w") as f:
+        f.write(f"src: {src}\nchecksum: {checksum}\ndest: {dest}\nsync_strategy: mv\n")
+    out = subprocess.run(["/usr/bin/time", "-v", binary], input=f"file://{manifest}",
+                         capture_output=True, text=True,
+                         env=dict(os.environ, TMPDIR=d, **(env or {})))
+    if "Deploy manifest succeeded." not in out.stderr:
+        raise SystemExit(f"deploy for the RSS measurement failed:\n{out.stderr[-2000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
+    shutil.rmtree(dest, ignore_errors=True)
+    return int(m.group(1)) / 1024
+
+
+def make_tar(d, size):
+    payload = os.path.join(d, "payload.bin")
+    write_random(payload, size)
+    archive = os.path.join(d, "a.tar")
+    subprocess.run(["tar", "cf", archive, "-C", d, "payload.bin"], check=True)
+    os.remove(payload)
+    return archive
+
+
 def peak_rss(binary):
-    """Peak RSS of a whole deploy (mv strategy: no rsync child) of a 10 MiB
-    and a 1 GiB archive."""
+    """Peak RSS of a whole deploy of a 10 MiB and a 1 GiB archive from
+    file://, and of a 10 MiB and a 100 MiB object from S3 (moto)."""
     base = SHM if os.path.isdir(SHM) else WORK
     d = tempfile.mkdtemp(prefix="stretcher-bench-", dir=base)
     result = {}
     try:
-        for label, size in (("10 MiB", 10 << 20), ("1 GiB", 1 << 30)):
-            payload = os.path.join(d, "payload.bin")
-            write_random(payload, size)
-            archive = os.path.join(d, "a.tar")
-            subprocess.run(["tar", "cf", archive, "-C", d, "payload.bin"], check=True)
-            os.remove(payload)
-            manifest = os.path.join(d, "m.yml")
-            dest = os.path.join(d, "dest")
-            with open(manifest, "w") as f:
-                f.write(f"src: file://{archive}\nchecksum: {sha256(archive)}\n"
-                        f"dest: {dest}\nsync_strategy: mv\n")
-            out = subprocess.run(["/usr/bin/time", "-v", binary], input=f"file://{manifest}",
-                                 capture_output=True, text=True, env=dict(os.environ, TMPDIR=d))
-            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
-            result[label] = int(m.group(1)) / 1024
-            shutil.rmtree(dest, ignore_errors=True)
+        for label, size in (("10 MiB, file://", 10 << 20), ("1 GiB, file://", 1 << 30)):
+            archive = make_tar(d, size)
+            result[label] = measure_rss(binary, d, f"file://{archive}", sha256(archive))
             os.remove(archive)
+        if shutil.which("moto_server"):
+            result.update(s3_rss(binary, d))
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    return result
+
+
+def s3_rss(binary, d):
+    import boto3  # installed with moto[server]
+    port = free_port()
+    moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = {}
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_S3_FORCE_PATH_STYLE": "true",
+               "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        s3.create_bucket(Bucket="bench")
+        for label, size in (("10 MiB, s3://", 10 << 20), ("100 MiB, s3://", 100 << 20)):
+            archive = make_tar(d, size)
+            s3.upload_file(archive, "bench", "a.tar")
+            result[label] = measure_rss(binary, d, "s3://bench/a.tar", sha256(archive), env)
+            os.remove(archive)
+    finally:
+        moto.kill()
+        moto.wait()
     return result
 
 
@@ -286,7 +335,7 @@ def main():
         f"| cat \\| sha256sum | {cat_mbs:.0f} |",
         f"| stretcher (to a temp file) | {ours_mbs:.0f} ({ours_mbs / cat_mbs:.1f}×) |",
         "",
-        "| peak RSS, whole deploy (mv) | MB |",
+        "| peak RSS, whole deploy (mv strategy: no rsync child) | MB |",
         "|---|---:|",
     ]
     for label, mb in rss.items():

@@ -63,21 +63,27 @@ def make_entries(seed, files, dirs):
 
 
 def write_tar(path, dir_list, entries):
+    # Members in the order `tar cf` writes them: each directory followed by
+    # its contents.
+    members = [(d.split("/"), None) for d in dir_list]
+    members += [(e[0].split("/"), e) for e in entries]
+    members.sort(key=lambda m: m[0])
     with open(path, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                for d in dir_list:
-                    info = tarfile.TarInfo(d)
-                    info.type = tarfile.DIRTYPE
-                    info.mode = 0o755
-                    info.mtime = BASE_MTIME
-                    tar.addfile(info)
-                for name, data, mtime, mode in entries:
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    info.mtime = mtime
-                    info.mode = mode
-                    tar.addfile(info, io.BytesIO(data))
+                for parts, entry in members:
+                    info = tarfile.TarInfo("/".join(parts))
+                    if entry is None:
+                        info.type = tarfile.DIRTYPE
+                        info.mode = 0o755
+                        info.mtime = BASE_MTIME
+                        tar.addfile(info)
+                    else:
+                        _, data, mtime, mode = entry
+                        info.size = len(data)
+                        info.mtime = mtime
+                        info.mode = mode
+                        tar.addfile(info, io.BytesIO(data))
 
 
 def main():

@@ -211,3 +211,24 @@ fn redirects_are_followed() {
         tree(&fx.dest())
     });
 }
+
+#[test]
+fn http_proxy_from_the_environment_is_used() {
+    let c = Case::new();
+    // The "proxy" is our server: it sees absolute URLs as request paths.
+    let host = "http://deploy.example.invalid";
+    c.server
+        .route(&format!("{host}/app.tar.gz"), Route::ok(c.data.clone()));
+    let manifest = manifest_for(&c.fx, &format!("{host}/app.tar.gz"), &sha256(&c.data), "");
+    c.server
+        .route(&format!("{host}/m.yml"), Route::ok(manifest));
+    let proxy = format!("http://127.0.0.1:{}", c.server.port);
+    c.fx.run(
+        &format!("{host}/m.yml"),
+        &[],
+        &[("http_proxy", &proxy), ("NO_PROXY", "")],
+    )
+    .ok();
+    assert_eq!(c.server.hits(&format!("{host}/app.tar.gz")), 1);
+    assert!(c.fx.dest().join("index.html").exists());
+}

@@ -270,3 +270,37 @@ fn sigint_while_waiting_for_stdin_cancels() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn random_delay_sleeps_before_reading_stdin_and_a_signal_cancels_it() {
+    let fx = Fixture::new();
+    let mut child = Command::new(bin())
+        .arg("--random-delay")
+        .arg("1h")
+        .current_dir(fx.root.path())
+        .env("TMPDIR", fx.path("tmp"))
+        .env_remove("CONSUL_INDEX")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let seen = wait_for(&rx, "Sleeping ");
+    assert!(
+        !seen.iter().any(|l| l.contains("Waiting for events")),
+        "{seen:?}"
+    );
+    let started = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for(&rx, "interrupted by signal");
+}

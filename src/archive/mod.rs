@@ -69,12 +69,19 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
     let n = read_head(&mut file, &mut head)?;
     file.seek(SeekFrom::Start(0))?;
     let file = BufReader::with_capacity(READ_BUFFER, file);
+    // The tar reader asks for 512-byte headers and small members: buffer the
+    // decompressed side too, so each small read is a copy, not a call into
+    // the decompressor.
+    let buffered =
+        |r: Box<dyn Read>| -> Box<dyn Read> { Box::new(BufReader::with_capacity(READ_BUFFER, r)) };
     Ok(match Compression::sniff(&head[..n]) {
         Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(file)),
-        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(file)),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(file)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        Compression::Gzip => buffered(Box::new(flate2::bufread::MultiGzDecoder::new(file))),
+        Compression::Bzip2 => buffered(Box::new(bzip2::bufread::MultiBzDecoder::new(file))),
+        Compression::Xz => buffered(Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
+            file,
+        ))),
+        Compression::Zstd => buffered(Box::new(zstd::stream::read::Decoder::with_buffer(file)?)),
     })
 }
 

@@ -1,7 +1,8 @@
 //! `rsync -a --delete <verbose> [--exclude-from F] [--exclude X]… <from>/ <to>/`,
-//! its output logged line by line as it comes.
+//! its output logged as one block when it exits, as upstream does (with
+//! `-v` that is a line per file: one log write instead of thousands).
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -57,11 +58,13 @@ impl SyncStrategy for Rsync {
             // `cmd` and its copies of the pipe's write end drop here, so the
             // reader sees EOF when rsync exits.
         };
-        for line in BufReader::new(reader).split(b'\n') {
-            let line = line.context("reading rsync output")?;
-            log::info!("{}", String::from_utf8_lossy(&line).trim_end_matches('\r'));
-        }
+        let mut output = Vec::new();
+        let read = (&reader).read_to_end(&mut output);
         let status = child.wait().context("waiting for rsync")?;
+        read.context("reading rsync output")?;
+        if !output.is_empty() {
+            log::info!("{}", String::from_utf8_lossy(&output));
+        }
         if !status.success() {
             bail!("rsync failed: {status}");
         }
