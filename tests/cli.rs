@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{app_tar, gzip, manifest_for, sha256, Fixture};
+use common::{app_manifest, Fixture};
 
 #[test]
 fn version_flags_print_the_version() {
@@ -37,17 +37,12 @@ fn invalid_values_are_one_line_errors_naming_the_flag_even_under_consul() {
     }
 }
 
-/// Deploys the app archive with `args` and returns the log.
+/// Deploys the app archive over an earlier release with `args` and returns
+/// the log.
 fn deploy_with(args: &[&str]) -> String {
     let fx = Fixture::new();
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    let url = fx.manifest(&manifest_for(
-        &fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
-        "",
-    ));
+    fx.write("dest/old-release.txt", "old");
+    let url = fx.manifest(&app_manifest(&fx, ""));
     fx.run(&url, args, &[]).ok()
 }
 

@@ -5,7 +5,9 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::http::{Route, Server};
-use common::{app_tar, gzip, manifest_for, mode, sha256, tar, tree, Fixture, Member, MTIME};
+use common::{
+    app_manifest, app_tar, gzip, manifest_for, mode, sha256, tar, tree, Fixture, Member, MTIME,
+};
 
 #[test]
 fn http_deploy_with_rsync_lands_files_modes_and_mtimes() {
@@ -164,14 +166,7 @@ fn every_compression_format_is_sniffed() {
 #[test]
 fn mv_strategy_renames_into_a_new_dest_and_refuses_a_full_one() {
     let fx = Fixture::new();
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    let manifest = manifest_for(
-        &fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
-        "sync_strategy: mv\ndest_mode: 0750\n",
-    );
+    let manifest = app_manifest(&fx, "sync_strategy: mv\ndest_mode: 0750\n");
     let log = fx.deploy(&manifest).ok();
     assert!(log.contains("Rename srcdir"), "{log}");
     assert_eq!(mode(&fx.dest()), 0o750);
@@ -283,8 +278,9 @@ fn percent_encoded_file_urls_are_decoded() {
 
 /// The archive Go stretcher would extract with GNU tar: many small files
 /// (the parallel writers), files over 1 MiB (streamed), nested and
-/// implicit directories, odd modes, symlinks, hard links, a repeated path.
-fn varied_tar() -> Vec<u8> {
+/// implicit directories, odd modes, symlinks, a repeated path, and with
+/// `hard_link` a hard link.
+fn varied_tar(hard_link: bool) -> Vec<u8> {
     let mut seed: u64 = 42;
     let mut next = move || {
         seed = seed
@@ -345,13 +341,15 @@ fn varied_tar() -> Vec<u8> {
         vec![],
         Some("sub0/f0.txt"),
     );
-    add(
-        "d2/hard".into(),
-        ::tar::EntryType::Link,
-        0o644,
-        vec![],
-        Some("d2/sub1/f1.txt"),
-    );
+    if hard_link {
+        add(
+            "d2/hard".into(),
+            ::tar::EntryType::Link,
+            0o644,
+            vec![],
+            Some("d2/sub1/f1.txt"),
+        );
+    }
     add(
         "d3/sub0/f0.txt".into(),
         ::tar::EntryType::Regular,
@@ -362,12 +360,15 @@ fn varied_tar() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-#[test]
-fn dest_matches_go_stretchers_gnu_tar_and_rsync_byte_for_byte() {
-    let data = gzip(&varied_tar());
+/// Deploys `archive` with stretcher and as Go stretcher would (GNU tar,
+/// chmod 755, rsync -a --delete) into fresh dests; asserts the trees are
+/// the same and returns stretcher's log.
+fn assert_same_as_go_stretcher(archive: Vec<u8>) -> String {
+    let data = gzip(&archive);
     let fx = Fixture::new();
     fx.write("v.tar.gz", &data);
-    fx.deploy(&manifest_for(&fx, &fx.url("v.tar.gz"), &sha256(&data), ""))
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("v.tar.gz"), &sha256(&data), ""))
         .ok();
 
     // What Go stretcher does: tar xf in a temp dir, chmod 755, rsync -a --delete.
@@ -417,4 +418,41 @@ fn dest_matches_go_stretchers_gnu_tar_and_rsync_byte_for_byte() {
         .collect();
     assert!(ours.len() == gnu.len() && differ.is_empty(), "{differ:#?}");
     assert_eq!(mode(&fx.dest()), 0o755);
+    log
+}
+
+#[test]
+fn dest_matches_go_stretchers_gnu_tar_and_rsync_byte_for_byte() {
+    // A hard link: rsync -a copies it apart, so rsync runs.
+    let log = assert_same_as_go_stretcher(varied_tar(true));
+    assert!(log.contains("rsync [-a --delete -v "), "{log}");
+    // No hard link, empty dest: the tree is moved into place, same result.
+    let log = assert_same_as_go_stretcher(varied_tar(false));
+    assert!(log.contains("moved the extracted tree into place"), "{log}");
+    assert!(!log.contains("rsync ["), "{log}");
+}
+
+#[test]
+fn an_empty_dest_behind_a_symlink_is_synced_through_the_link() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.path("real")).unwrap();
+    std::os::unix::fs::symlink(fx.path("real"), fx.dest()).unwrap();
+    let log = fx.deploy(&app_manifest(&fx, "")).ok();
+    assert!(log.contains("rsync [-a --delete"), "{log}");
+    assert!(std::fs::symlink_metadata(fx.dest())
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fx.path("real/index.html").exists());
+}
+
+#[test]
+fn excludes_keep_rsync_even_for_an_empty_dest() {
+    let fx = Fixture::new();
+    let log = fx
+        .deploy(&app_manifest(&fx, "excludes: [\"*.pid\"]\n"))
+        .ok();
+    assert!(log.contains("rsync [-a --delete"), "{log}");
+    assert!(!fx.dest().join("app.pid").exists());
+    assert!(fx.dest().join("index.html").exists());
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{app_tar, bin, gzip, manifest_for, sha256, Fixture};
+use common::{app_manifest, app_tar, bin, gzip, manifest_for, sha256, Fixture};
 
 /// `consul watch -type event` stdin for events `(id, ltime, url)`, oldest first.
 fn consul_events(events: &[(&str, u64, &str)]) -> String {
@@ -26,15 +26,11 @@ fn consul_events(events: &[(&str, u64, &str)]) -> String {
 
 /// A manifest whose post hook appends `tag` to the fixture's `deploys` file.
 fn counting_manifest(fx: &Fixture, name: &str, tag: &str) -> String {
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
     let rel = format!("{name}.yml");
     fx.write(
         &rel,
-        manifest_for(
+        app_manifest(
             fx,
-            &fx.url("app.tar.gz"),
-            &sha256(&data),
             &format!(
                 "commands:\n  post:\n    - echo {tag} >> {}\n",
                 fx.path("deploys").display()
@@ -212,14 +208,7 @@ fn concurrent_runs_on_one_dest_take_turns() {
 #[test]
 fn lock_timeout_fails_the_waiting_run() {
     let fx = Fixture::new();
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    let url = fx.manifest(&manifest_for(
-        &fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
-        "",
-    ));
+    let url = fx.manifest(&app_manifest(&fx, ""));
     // Hold the lock from the test process.
     let lock =
         std::fs::File::create(stretcher::lock::lock_path(fx.dest().to_str().unwrap())).unwrap();
@@ -237,12 +226,8 @@ fn lock_timeout_fails_the_waiting_run() {
 #[test]
 fn serf_query_mode_prints_one_result_line_on_stdout() {
     let fx = Fixture::new();
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    let url = fx.manifest(&manifest_for(
+    let url = fx.manifest(&app_manifest(
         &fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
         "commands:\n  success:\n    - echo hook-output\n",
     ));
     let env = [
@@ -256,7 +241,7 @@ fn serf_query_mode_prints_one_result_line_on_stdout() {
     assert_eq!(run.stderr(), "");
     let out = run.stdout();
     assert_eq!(out.lines().count(), 1, "{out:?}");
-    let want = format!("ok {} {} ", fx.dest().display(), sha256(&data));
+    let want = format!("ok {} {} ", fx.dest().display(), sha256(&gzip(&app_tar())));
     assert!(
         out.starts_with(&want) && out.trim_end().ends_with('s'),
         "{out:?}"

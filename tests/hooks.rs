@@ -7,18 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{app_tar, bin, gzip, manifest_for, sha256, Fixture};
+use common::{app_manifest, app_tar, bin, gzip, sha256, Fixture};
 
-/// An app deploy manifest with `commands` appended.
-fn app_manifest(fx: &Fixture, commands: &str) -> String {
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    manifest_for(
-        fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
-        &format!("commands:\n{commands}"),
-    )
+/// An app deploy manifest with `commands` as its commands section.
+fn with_commands(fx: &Fixture, commands: &str) -> String {
+    app_manifest(fx, &format!("commands:\n{commands}"))
 }
 
 #[test]
@@ -26,7 +19,7 @@ fn failing_hook_stops_its_list_and_failure_hooks_get_the_log() {
     let fx = Fixture::new();
     let failure = fx.path("failure.log");
     let log = fx
-        .deploy(&app_manifest(
+        .deploy(&with_commands(
             &fx,
             &format!(
                 "  pre:\n    - echo one\n    - exit 3\n    - echo never\n  failure:\n    - cat > {}\n",
@@ -56,7 +49,7 @@ fn failing_hook_stops_its_list_and_failure_hooks_get_the_log() {
 fn success_hooks_get_the_whole_log_and_their_errors_do_not_fail_the_run() {
     let fx = Fixture::new();
     let got = fx.path("success.log");
-    let run = fx.deploy(&app_manifest(
+    let run = fx.deploy(&with_commands(
         &fx,
         &format!(
             "  post:\n    - echo post-output\n  success:\n    - exit 5\n    - cat > {}\n",
@@ -67,7 +60,7 @@ fn success_hooks_get_the_whole_log_and_their_errors_do_not_fail_the_run() {
     assert!(log.contains("failed: exit 5 exit status 5"), "{log}");
     assert!(!got.exists(), "the list stops at the failed hook");
 
-    let run = fx.deploy(&app_manifest(
+    let run = fx.deploy(&with_commands(
         &fx,
         &format!(
             "  success:\n    - cat > {}\n    - echo to-stdout\n",
@@ -94,7 +87,7 @@ fn a_hook_that_ignores_a_large_log_is_not_an_error() {
     let fx = Fixture::new();
     let done = fx.path("second-ran");
     let log = fx
-        .deploy(&app_manifest(
+        .deploy(&with_commands(
             &fx,
             &format!(
                 "  pre:\n    - seq 1 30000\n  success:\n    - 'true'\n    - touch {}\n",
@@ -111,14 +104,10 @@ fn a_hook_that_ignores_a_large_log_is_not_an_error() {
 fn hooks_see_stretcher_variables_and_run_in_the_agents_cwd() {
     let fx = Fixture::new();
     let env_out = fx.path("env");
-    let data = gzip(&app_tar());
-    fx.write("app.tar.gz", &data);
-    let manifest = manifest_for(
+    let manifest = with_commands(
         &fx,
-        &fx.url("app.tar.gz"),
-        &sha256(&data),
         &format!(
-            "commands:\n  pre:\n    - pwd >> {o}\n  post:\n    - env | grep ^STRETCHER_ | sort >> {o}\n",
+            "  pre:\n    - pwd >> {o}\n  post:\n    - env | grep ^STRETCHER_ | sort >> {o}\n",
             o = env_out.display()
         ),
     );
@@ -128,7 +117,7 @@ fn hooks_see_stretcher_variables_and_run_in_the_agents_cwd() {
     let want = format!(
         "{}\nSTRETCHER_CHECKSUM={}\nSTRETCHER_DEST={}\nSTRETCHER_MANIFEST_URL={url}\nSTRETCHER_PHASE=post\nSTRETCHER_SRC={}\nSTRETCHER_VERSION={}\n",
         fx.root.path().display(),
-        sha256(&data),
+        sha256(&gzip(&app_tar())),
         fx.dest().display(),
         fx.url("app.tar.gz"),
         env!("CARGO_PKG_VERSION"),
@@ -200,7 +189,7 @@ fn pre_hook_output_is_logged_as_it_arrives() {
     let go = fx.path("go");
     // The hook waits (bounded) for the test to see its first line. Markers
     // are computed by the shell so the logged command line cannot match.
-    let url = fx.manifest(&app_manifest(
+    let url = fx.manifest(&with_commands(
         &fx,
         &format!(
             "  pre:\n    - 'echo marker-$((0+1)); i=0; while [ ! -e {g} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -e {g} ] && echo marker-$((1+1))'\n",
@@ -219,7 +208,7 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
     let fx = Fixture::new();
     let pid_file = fx.path("sleep.pid");
     let failure = fx.path("failure-ran");
-    let url = fx.manifest(&app_manifest(
+    let url = fx.manifest(&with_commands(
         &fx,
         &format!(
             "  pre:\n    - 'sleep 30 & echo $! > {p}; echo hook-$((1+1))-up; wait'\n  failure:\n    - touch {f}\n",

@@ -7,15 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{app_tar, bin, gzip, sha256, Fixture};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{app_tar, bin, free_port, gzip, sha256, Fixture};
 
 struct Agent {
     child: Child,
@@ -111,7 +103,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// The app archive and a manifest deploying it into each agent's `$APP_DEST`.
-fn app_manifest(fx: &Fixture, name: &str, checksum: Option<&str>) -> String {
+fn cluster_manifest(fx: &Fixture, name: &str, checksum: Option<&str>) -> String {
     let data = gzip(&app_tar());
     fx.write("app.tar.gz", &data);
     let sum = checksum.map_or_else(|| sha256(&data), str::to_string);
@@ -127,7 +119,7 @@ fn app_manifest(fx: &Fixture, name: &str, checksum: Option<&str>) -> String {
 fn serf_event_deploys_on_every_node_and_query_reports_each_result() {
     let fx = Fixture::new();
     let cluster = Cluster::start(&fx);
-    let url = app_manifest(&fx, "app.yml", None);
+    let url = cluster_manifest(&fx, "app.yml", None);
 
     let out = serf(&["event", &cluster.rpc(), "-coalesce=false", "deploy", &url]);
     assert!(
@@ -156,7 +148,7 @@ fn serf_event_deploys_on_every_node_and_query_reports_each_result() {
         assert!(answer.starts_with(&want), "{node}: {answer:?}");
     }
 
-    let broken = app_manifest(&fx, "broken.yml", Some(&"0".repeat(64)));
+    let broken = cluster_manifest(&fx, "broken.yml", Some(&"0".repeat(64)));
     let responses = query(&cluster, &broken);
     assert_eq!(responses.len(), 3, "{responses:?}");
     for (node, answer) in &responses {

@@ -2,7 +2,9 @@
 //! its output logged as one block when it exits, as upstream does (with
 //! `-v` that is a line per file: one log write instead of thousands).
 
+use std::fs;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -34,6 +36,56 @@ impl Rsync {
     }
 }
 
+impl Rsync {
+    /// Into a dest that does not exist or is an empty directory, `rsync -a
+    /// --delete` produces exactly the extracted tree (modes, owners, mtimes,
+    /// the root included), so renaming the tree into place gives the same
+    /// result without copying every file: a fresh host's first deploy. Only
+    /// when nothing is excluded (excluded files must not arrive) and the tree
+    /// has no hard links (rsync -a without -H copies them apart). A rename
+    /// that fails (another filesystem, a mount point, a dest that just got
+    /// files) leaves everything as it was, and rsync runs.
+    fn move_into_empty_dest(&self, from: &Path, to: &Path) -> bool {
+        if !self.0.excludes.is_empty() || !self.0.exclude_from.is_empty() {
+            return false;
+        }
+        let empty_or_missing = match fs::symlink_metadata(to) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(meta) => meta.is_dir() && fs::read_dir(to).is_ok_and(|mut d| d.next().is_none()),
+        };
+        if !empty_or_missing || has_hard_links(from) {
+            return false;
+        }
+        let moved = fs::rename(from, to).is_ok();
+        if moved {
+            log::info!(
+                "dest {} is empty: moved the extracted tree into place (what rsync would copy)",
+                to.display()
+            );
+        }
+        moved
+    }
+}
+
+/// Whether any regular file under `dir` has more than one link.
+fn has_hard_links(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            return true; // unsure: let rsync handle it
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() && m.nlink() > 1 => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+    false
+}
+
 fn with_slash(p: &Path) -> String {
     let s = p.display().to_string();
     if s.ends_with('/') {
@@ -45,6 +97,9 @@ fn with_slash(p: &Path) -> String {
 
 impl SyncStrategy for Rsync {
     fn sync(&self, from: &Path, to: &Path) -> Result<()> {
+        if self.move_into_empty_dest(from, to) {
+            return Ok(());
+        }
         let args = self.args(from, to);
         log::info!("rsync [{}]", args.join(" "));
         let (reader, writer) = std::io::pipe().context("creating a pipe for rsync")?;

@@ -223,6 +223,23 @@ pub fn app_tar() -> Vec<u8> {
     ])
 }
 
+/// Writes the gzipped [`app_tar`] to `app.tar.gz` in the fixture and returns
+/// a manifest deploying it into the fixture's dest, `extra` appended.
+pub fn app_manifest(fx: &Fixture, extra: &str) -> String {
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    manifest_for(fx, &fx.url("app.tar.gz"), &sha256(&data), extra)
+}
+
+/// Free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A manifest deploying `src` (with checksum `sum`) into the fixture's dest.
 pub fn manifest_for(fx: &Fixture, src: &str, sum: &str, extra: &str) -> String {
     format!(
