@@ -90,7 +90,7 @@ async fn download_once(
     checksum: &str,
     max_bandwidth: Option<u64>,
 ) -> Result<(NamedTempFile, u64, Verifier)> {
-    let mut verifier = Verifier::new(checksum)?;
+    let verifier = Verifier::new(checksum)?;
     let begin = Instant::now();
     let mut body = source::open(url).await?;
     let file = tempfile::Builder::new()
@@ -98,16 +98,11 @@ async fn download_once(
         .tempfile()
         .context("creating a temp file for src")?;
     let path = file.path().display().to_string();
-    // Reading and hashing happen here; writing happens on a blocking thread,
-    // so the three overlap. The channel bounds the bytes in flight.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let mut out = file.reopen().context("reopening the temp file")?;
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        while let Some(chunk) = rx.blocking_recv() {
-            out.write_all(&chunk)?;
-        }
-        Ok(())
-    });
+    let out = file.reopen().context("reopening the temp file")?;
+    // Three stages that overlap: reading here, hashing and writing on their
+    // own threads. Bounded channels keep a few chunks in flight at most.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
     // Small reads at low rates keep the pacing smooth.
     let chunk = max_bandwidth.map_or(CHUNK, |bw| (bw as usize / 10).clamp(1024, CHUNK));
     let mut written = 0u64;
@@ -122,10 +117,9 @@ async fn download_once(
             if n == 0 {
                 return Ok(());
             }
-            verifier.update(&buf);
             written += n as u64;
             if tx.send(buf).await.is_err() {
-                return Ok(()); // the writer failed; its error is reported below
+                return Ok(()); // the sink failed; its error is reported below
             }
             if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
                 let due = Duration::from_secs_f64(written as f64 / bw as f64);
@@ -137,9 +131,9 @@ async fn download_once(
     }
     .await;
     drop(tx);
-    writer
+    let verifier = sink
         .await
-        .map_err(|e| anyhow!("writer thread failed: {e}"))?
+        .map_err(|e| anyhow!("hashing thread failed: {e}"))?
         .with_context(|| format!("writing {path}"))?;
     read_result?;
     let elapsed = begin.elapsed();
@@ -151,4 +145,30 @@ async fn download_once(
         format_bytes(rate)
     );
     Ok((file, written, verifier))
+}
+
+/// Hashes each chunk and hands it to a writer thread.
+fn hash_and_write(
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut verifier: Verifier,
+    mut out: std::fs::File,
+) -> std::io::Result<Verifier> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for chunk in rx {
+            out.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    while let Some(chunk) = chunks.blocking_recv() {
+        verifier.update(&chunk);
+        if tx.send(chunk).is_err() {
+            break; // the writer failed: its error follows
+        }
+    }
+    drop(tx);
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer thread panicked"))??;
+    Ok(verifier)
 }
