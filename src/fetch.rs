@@ -1,12 +1,11 @@
 //! Streams `src` into a temp file while hashing it, under the bandwidth limit,
 //! the download timeout and the retry policy.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use std::io::Write;
 use tempfile::NamedTempFile;
-
 use tokio::io::AsyncReadExt;
 
 use crate::digest::Verifier;
@@ -26,25 +25,16 @@ pub struct Options {
     pub retry_wait: Duration,
 }
 
-/// A verified archive in a temp file, removed when dropped.
-pub struct Download {
-    /// The temp file holding the archive.
-    pub file: NamedTempFile,
-    /// Its size.
-    pub bytes: u64,
-    /// Its lowercase hex checksum (equal to the manifest's).
-    pub checksum: String,
-}
+const CHUNK: usize = 256 << 10;
 
-const CHUNK: usize = 1 << 20;
-
-/// Downloads `url`, verifies it against `checksum` and returns the temp file.
-pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<Download> {
+/// Downloads `url`, verifies it against `checksum` and returns the temp file
+/// holding it (removed when dropped).
+pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTempFile> {
     if let Some(bw) = opts.max_bandwidth {
         log::info!("Set max bandwidth {}/sec", format_bytes(bw));
     }
     let attempts = with_retries(url, checksum, opts);
-    let (file, bytes, verifier) = match opts.timeout {
+    let (file, verifier) = match opts.timeout {
         Some(limit) => {
             log::info!("Set timeout {}", format_duration(limit));
             tokio::time::timeout(limit, attempts).await.map_err(|_| {
@@ -58,18 +48,14 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<Download
     };
     let checksum = verifier.finish()?;
     log::info!("Checksum ok: {checksum}");
-    Ok(Download {
-        file,
-        bytes,
-        checksum,
-    })
+    Ok(file)
 }
 
 async fn with_retries(
     url: &str,
     checksum: &str,
     opts: &Options,
-) -> Result<(NamedTempFile, u64, Verifier)> {
+) -> Result<(NamedTempFile, Verifier)> {
     let mut failures = 0;
     loop {
         match download_once(url, checksum, opts.max_bandwidth).await {
@@ -89,7 +75,7 @@ async fn download_once(
     url: &str,
     checksum: &str,
     max_bandwidth: Option<u64>,
-) -> Result<(NamedTempFile, u64, Verifier)> {
+) -> Result<(NamedTempFile, Verifier)> {
     let verifier = Verifier::new(checksum)?;
     let begin = Instant::now();
     let mut body = source::open(url).await?;
@@ -101,7 +87,7 @@ async fn download_once(
     let out = file.reopen().context("reopening the temp file")?;
     // Three stages that overlap: reading here, hashing and writing on their
     // own threads. Bounded channels keep a few chunks in flight at most.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
     // Small reads at low rates keep the pacing smooth.
     let chunk = max_bandwidth.map_or(CHUNK, |bw| (bw as usize / 10).clamp(1024, CHUNK));
@@ -144,7 +130,7 @@ async fn download_once(
         format_duration(elapsed),
         format_bytes(rate)
     );
-    Ok((file, written, verifier))
+    Ok((file, verifier))
 }
 
 /// Hashes each chunk and hands it to a writer thread.
@@ -153,7 +139,7 @@ fn hash_and_write(
     mut verifier: Verifier,
     mut out: std::fs::File,
 ) -> std::io::Result<Verifier> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         for chunk in rx {
             out.write_all(&chunk)?;

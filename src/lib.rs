@@ -120,10 +120,10 @@ async fn run_logged(
     };
     let result = deploy(&manifest, config, &hooks, cancel, step).await;
     let outcome = match result {
-        Ok(bytes) => {
+        Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
-            if let Some(state) = &state {
-                record(state, &event, &manifest)?;
+            if let Some(Err(e)) = state.as_ref().map(|s| record(s, &event, &manifest)) {
+                ::log::info!("could not record the deploy in the state dir: {e:#}");
             }
             let ran = hooks
                 .run_piped(Phase::Success, &manifest.commands.success, &log::snapshot())
@@ -134,7 +134,6 @@ async fn run_logged(
             Ok(Outcome::Deployed {
                 dest: manifest.dest.clone(),
                 checksum: manifest.checksum.clone(),
-                bytes,
             })
         }
         Err(e) => {
@@ -176,22 +175,21 @@ impl std::fmt::Display for Logged {
 impl std::error::Error for Logged {}
 
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,
-/// `pre`, extract, chmod, sync, `post`. Returns the archive size. The temp
-/// file and dir are removed, and the lock released, on return. `step`
-/// names the step under way, for the one-line result.
+/// `pre`, extract, chmod, sync, `post`. The temp file and dir are removed,
+/// and the lock released, on return. `step` names the step under way, for
+/// the one-line result.
 async fn deploy(
     m: &Manifest,
     config: &Config,
     hooks: &Hooks<'_>,
     cancel: &CancellationToken,
     step: &mut &'static str,
-) -> Result<u64> {
+) -> Result<()> {
     if m.src.is_empty() {
         *step = "pre";
         hooks.run(Phase::Pre, &m.commands.pre).await?;
         *step = "post";
-        hooks.run(Phase::Post, &m.commands.post).await?;
-        return Ok(0);
+        return hooks.run(Phase::Post, &m.commands.post).await;
     }
 
     *step = "validate";
@@ -226,7 +224,7 @@ async fn deploy(
         .prefix("stretcher_src")
         .tempdir()
         .context("creating the extraction dir")?;
-    let archive = download.file.path().to_path_buf();
+    let archive = download.path().to_path_buf();
     ::log::info!(
         "Extract archive: {} to {}",
         archive.display(),
@@ -234,7 +232,6 @@ async fn deploy(
     );
     let root = dir.path().to_path_buf();
     blocking(move || archive::extract(&archive, &root)).await?;
-    let bytes = download.bytes;
     drop(download);
     interrupted(cancel)?;
 
@@ -248,8 +245,7 @@ async fn deploy(
     interrupted(cancel)?;
 
     *step = "post";
-    hooks.run(Phase::Post, &m.commands.post).await?;
-    Ok(bytes)
+    hooks.run(Phase::Post, &m.commands.post).await
 }
 
 /// Runs blocking file work off the async workers.

@@ -16,8 +16,6 @@ pub enum Outcome {
         dest: String,
         /// The archive checksum (empty for a commands-only manifest).
         checksum: String,
-        /// Archive size.
-        bytes: u64,
     },
     /// The replay guard skipped an event already deployed.
     Skipped(String),
@@ -73,7 +71,6 @@ mod tests {
         let ok = Outcome::Deployed {
             dest: "/srv/app".into(),
             checksum: "abc".into(),
-            bytes: 1,
         };
         assert_eq!(
             ok.line(Duration::from_millis(1234)),
