@@ -232,3 +232,14 @@ fn http_proxy_from_the_environment_is_used() {
     assert_eq!(c.server.hits(&format!("{host}/app.tar.gz")), 1);
     assert!(c.fx.dest().join("index.html").exists());
 }
+
+#[test]
+fn retry_wait_defaults_to_three_seconds_as_v1_1() {
+    let c = Case::new();
+    let mut route = Route::ok(c.data.clone());
+    route.fail_first = 1;
+    let started = Instant::now();
+    let log = c.deploy(route, &["--retry", "1"]).ok();
+    assert!(log.contains("Try again. Waiting: 3s"), "{log}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}

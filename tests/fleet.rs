@@ -224,6 +224,22 @@ fn lock_timeout_fails_the_waiting_run() {
 }
 
 #[test]
+fn commands_only_manifests_take_no_lock() {
+    let fx = Fixture::new();
+    let lock =
+        std::fs::File::create(stretcher::lock::lock_path(fx.dest().to_str().unwrap())).unwrap();
+    lock.lock().unwrap();
+    let yaml = format!(
+        "dest: {}\ncommands:\n  post:\n    - 'true'\n",
+        fx.dest().display()
+    );
+    let log = fx
+        .run(&fx.manifest(&yaml), &["--lock-timeout", "100ms"], &[])
+        .ok();
+    assert!(!log.contains("waiting for lock"), "{log}");
+}
+
+#[test]
 fn serf_query_mode_prints_one_result_line_on_stdout() {
     let fx = Fixture::new();
     let url = fx.manifest(&app_manifest(
