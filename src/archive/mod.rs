@@ -102,7 +102,7 @@ struct DirMeta {
     path: PathBuf,
     mode: u32,
     mtime: u64,
-    owner: Option<(u64, u64)>,
+    owner: Option<(u32, u32)>,
 }
 
 /// Extracts the archive at `archive` into the existing directory `dir`.
@@ -185,7 +185,7 @@ impl Extraction<'_> {
                 path,
                 mode: header.mode().unwrap_or(0o755) & !self.mask & 0o7777,
                 mtime,
-                owner: owner.map(|(u, g)| (u as u64, g as u64)),
+                owner,
             });
         } else if kind.is_hard_link() {
             let Some(target) = entry.link_name()? else {
@@ -259,7 +259,7 @@ impl Extraction<'_> {
 fn apply_dir_meta(meta: &DirMeta) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some((uid, gid)) = meta.owner {
-        std::os::unix::fs::lchown(&meta.path, Some(uid as u32), Some(gid as u32))
+        std::os::unix::fs::lchown(&meta.path, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", meta.path.display()))?;
     }
     std::fs::set_permissions(&meta.path, std::fs::Permissions::from_mode(meta.mode))
@@ -302,7 +302,8 @@ fn check_inside(dir: &Path, path: &Path, raw: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+/// Whether we run as root (and so keep owners, as `tar xf` does).
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -64,8 +64,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         fs::copy(from, to)
             .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::archive::is_root() {
         std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
     }
     if !kind.is_symlink() {
