@@ -40,12 +40,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Runs the agent once: stdin → manifest → deploy → hooks. Every error is
 /// logged here; the result only tells the caller which exit status to use.
 /// Under `serf query`, the one-line outcome is printed on stdout.
-pub async fn run(config: &Config, cancel: &CancellationToken) -> Result<()> {
+pub async fn run(config: &Config, how: &Invocation, cancel: &CancellationToken) -> Result<()> {
     ::log::info!("Starting up stretcher agent {VERSION}");
-    let how = Invocation::from_env();
     let started = Instant::now();
     let mut step = "event";
-    let result = run_logged(config, &how, cancel, &mut step).await;
+    let result = run_logged(config, how, cancel, &mut step).await;
     let outcome = match &result {
         Ok(outcome) => outcome.clone(),
         Err(e) => {

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use stretcher::cli::{self, Command};
+use stretcher::event::Invocation;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -13,8 +15,16 @@ fn main() -> ExitCode {
         }
         Command::Run(config) => config,
     };
-    let query = stretcher::event::Invocation::from_env().is_serf_query();
-    stretcher::log::init(query);
+    let how = Invocation::from_env();
+    // consul watch stops calling a handler that exits non-zero and replays
+    // events when restarted; serf query drops the answer of a handler that
+    // fails (the answer line carries the outcome). Under either, exit 0.
+    let failure_code = if how.consul || how.is_serf_query() {
+        0
+    } else {
+        1
+    };
+    stretcher::log::init(how.is_serf_query());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,34 +37,31 @@ fn main() -> ExitCode {
     };
     let ok = runtime.block_on(async {
         let cancel = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(cancel.clone()));
-        stretcher::run(&config, &cancel).await.is_ok()
+        // Handlers are in place before the run starts, so no early signal
+        // kills the process with temp files left behind.
+        let signals = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        let (Ok(int), Ok(term)) = signals else {
+            eprintln!("cannot install signal handlers");
+            return false;
+        };
+        tokio::spawn(cancel_on_signal(int, term, cancel.clone(), failure_code));
+        stretcher::run(&config, &how, &cancel).await.is_ok()
     });
     // Exit without waiting for a stdin reader blocked on a silent pipe.
-    std::process::exit(exit_code(ok))
+    std::process::exit(if ok { 0 } else { failure_code })
 }
 
-/// 0 on success, 1 on failure; always 0 under `consul watch`, which stops
-/// calling a handler that exits non-zero and replays events when restarted,
-/// and under `serf query`, which drops the answer of a handler that fails
-/// (the answer line carries the outcome).
-fn exit_code(ok: bool) -> i32 {
-    let query = std::env::var("SERF_EVENT").is_ok_and(|e| e == "query");
-    if ok || query || std::env::var_os("CONSUL_INDEX").is_some() {
-        0
-    } else {
-        1
-    }
-}
-
-async fn cancel_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
+/// The first SIGINT/SIGTERM cancels the run; a second one (while failure
+/// hooks run) exits with `failure_code`.
+async fn cancel_on_signal(
+    mut int: Signal,
+    mut term: Signal,
+    cancel: CancellationToken,
+    failure_code: i32,
+) {
     for round in 0.. {
         tokio::select! {
             _ = int.recv() => log::info!("Received SIGINT, stopping"),
@@ -62,7 +69,7 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         }
         if round > 0 {
             // A second signal while failure hooks run: stop now.
-            std::process::exit(exit_code(false));
+            std::process::exit(failure_code);
         }
         cancel.cancel();
     }
