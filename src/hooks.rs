@@ -55,22 +55,8 @@ impl Hooks<'_> {
                 .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("failed: {line}: cannot run sh"))?;
-            let out = child.stdout.take().map(log_lines);
-            let err = child.stderr.take().map(log_lines);
-            let pumps = async {
-                tokio::join!(
-                    async {
-                        if let Some(f) = out {
-                            f.await
-                        }
-                    },
-                    async {
-                        if let Some(f) = err {
-                            f.await
-                        }
-                    }
-                )
-            };
+            let (out, err) = (child.stdout.take(), child.stderr.take());
+            let pumps = async { tokio::join!(log_lines(out), log_lines(err)) };
             let status = wait(&mut child, line, pumps, self.cancel).await?;
             check(line, status)?;
         }
@@ -169,7 +155,8 @@ fn check(line: &str, status: ExitStatus) -> Result<()> {
 }
 
 /// Logs each line a hook writes as it arrives.
-async fn log_lines(pipe: impl AsyncRead + Unpin) {
+async fn log_lines(pipe: Option<impl AsyncRead + Unpin>) {
+    let Some(pipe) = pipe else { return };
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {

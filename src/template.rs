@@ -22,10 +22,10 @@ pub fn render(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
     loop {
         let rest = &text[parser.pos..];
         let Some(open) = rest.find("{{") else {
-            out.push_str(trim_if(trim_next, rest, str::trim_start_matches));
+            out.push_str(trim_start_if(trim_next, rest));
             return Ok(out);
         };
-        let mut literal = trim_if(trim_next, &rest[..open], str::trim_start_matches);
+        let mut literal = trim_start_if(trim_next, &rest[..open]);
         let start = parser.pos + open;
         parser.pos = start + 2;
         if parser.peek() == Some('-') && parser.peek_at(1).is_some_and(is_space) {
@@ -48,9 +48,10 @@ fn is_space(c: char) -> bool {
     SPACE.contains(&c)
 }
 
-fn trim_if<'a>(cond: bool, s: &'a str, f: fn(&'a str, &'static [char]) -> &'a str) -> &'a str {
-    if cond {
-        f(s, SPACE)
+/// Leading whitespace removed when the previous action ended with `-}}`.
+fn trim_start_if(trim: bool, s: &str) -> &str {
+    if trim {
+        s.trim_start_matches(SPACE)
     } else {
         s
     }
