@@ -95,3 +95,42 @@ fn unreadable_archive_fails() {
     let log = deploy_bad(&[0x1f, 0x8b, 0x08, 0, 1, 2, 3]);
     assert!(log.contains("Deploy manifest failed: "), "{log}");
 }
+
+#[test]
+fn directory_member_naming_a_symlink_outside_fails_and_leaves_the_target_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let data = tar(&[
+        Member::Symlink("evil", &target),
+        Member::Dir("evil/", 0o777),
+    ]);
+    let log = deploy_bad(&data);
+    assert!(log.contains("outside the extraction dir"), "{log}");
+    assert_eq!(
+        common::mode(outside.path()),
+        0o700,
+        "chmod went through the symlink"
+    );
+}
+
+#[test]
+fn file_member_replaces_a_symlink_instead_of_writing_through_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim.txt");
+    std::fs::write(&victim, "untouched").unwrap();
+    let data = tar(&[
+        Member::Symlink("x", victim.to_str().unwrap()),
+        Member::File("x", b"replaced", 0o644),
+    ]);
+    let fx = Fixture::new();
+    fx.write("a.tar", &data);
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+        .ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_to_string(fx.dest().join("x")).unwrap(),
+        "replaced"
+    );
+}

@@ -118,6 +118,9 @@ pub fn extract(archive: &Path, dir: &Path) -> Result<()> {
     let unreadable = || format!("unreadable archive {}", archive.display());
     let mut state = Extraction {
         dir,
+        real_dir: dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?,
         mask,
         root,
         dirs: Vec::new(),
@@ -148,6 +151,8 @@ pub fn extract(archive: &Path, dir: &Path) -> Result<()> {
 /// What one extraction has done so far.
 struct Extraction<'a> {
     dir: &'a Path,
+    /// `dir` with symlinks resolved, for [`Extraction::check_inside`].
+    real_dir: PathBuf,
     mask: u32,
     root: bool,
     /// Directory metadata, applied last.
@@ -170,7 +175,9 @@ impl Extraction<'_> {
             .root
             .then(|| Some((header.uid().ok()? as u32, header.gid().ok()? as u32)))
             .flatten();
-        let mode = header.mode().unwrap_or(0o644);
+        let mode = header
+            .mode()
+            .unwrap_or(if kind.is_dir() { 0o755 } else { 0o644 });
         let mode = if self.root {
             mode & 0o7777
         } else {
@@ -179,11 +186,13 @@ impl Extraction<'_> {
         let mtime = header.mtime().unwrap_or(0);
         if kind.is_dir() {
             let path = self.dir.join(&rel);
-            check_inside(self.dir, &path, &raw)?;
+            if self.through_symlink(&rel) {
+                self.check_inside(&path, &raw)?;
+            }
             self.make_dir(&path)?;
             self.dirs.push(DirMeta {
                 path,
-                mode: header.mode().unwrap_or(0o755) & !self.mask & 0o7777,
+                mode,
                 mtime,
                 owner,
             });
@@ -238,15 +247,33 @@ impl Extraction<'_> {
         Ok(())
     }
 
-    /// Whether `rel` goes through a symlink this archive created.
+    /// Whether `rel`, or a directory on the way to it, is a symlink this
+    /// archive created. The extraction dir is private and starts empty, so
+    /// only those can lead outside it.
     fn through_symlink(&self, rel: &Path) -> bool {
-        !self.symlinks.is_empty() && rel.ancestors().skip(1).any(|p| self.symlinks.contains(p))
+        !self.symlinks.is_empty() && rel.ancestors().any(|p| self.symlinks.contains(p))
+    }
+
+    /// Fails when `path`, or its nearest existing ancestor, resolves (through
+    /// symlinks) outside the extraction dir.
+    fn check_inside(&self, path: &Path, raw: &Path) -> Result<()> {
+        let existing = path.ancestors().find(|p| p.exists()).unwrap_or(path);
+        let real = existing
+            .canonicalize()
+            .with_context(|| format!("resolving {}", existing.display()))?;
+        if !real.starts_with(&self.real_dir) {
+            bail!(
+                "archive member {:?} would land outside the extraction dir",
+                raw
+            );
+        }
+        Ok(())
     }
 
     fn hard_link(&self, raw: &Path, rel: &Path, target: &Path) -> Result<()> {
         let (link, target) = (self.dir.join(rel), self.dir.join(target));
-        check_inside(self.dir, &target, raw)?;
-        check_inside(self.dir, &link, raw)?;
+        self.check_inside(&target, raw)?;
+        self.check_inside(&link, raw)?;
         if let Some(parent) = link.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -283,23 +310,6 @@ fn sanitize(raw: &Path) -> Result<PathBuf> {
         }
     }
     Ok(rel)
-}
-
-/// Fails when `path`, or its nearest existing ancestor, resolves (through
-/// symlinks) outside `dir`.
-fn check_inside(dir: &Path, path: &Path, raw: &Path) -> Result<()> {
-    let dir = dir.canonicalize()?;
-    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(path);
-    let real = existing
-        .canonicalize()
-        .with_context(|| format!("resolving {}", existing.display()))?;
-    if !real.starts_with(&dir) {
-        bail!(
-            "archive member {:?} would land outside the extraction dir",
-            raw
-        );
-    }
-    Ok(())
 }
 
 /// Whether we run as root (and so keep owners, as `tar xf` does).
