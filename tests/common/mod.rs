@@ -38,10 +38,21 @@ pub enum Member<'a> {
 pub const MTIME: u64 = 1_600_000_000;
 
 impl Fixture {
+    /// A fixture on disk (the system temp dir).
     pub fn new() -> Self {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// A fixture on tmpfs (`/dev/shm`), so the agent's TMPDIR and dest are
+    /// on tmpfs.
+    pub fn on_tmpfs() -> Self {
+        Self::new_in(Path::new("/dev/shm"))
+    }
+
+    fn new_in(base: &Path) -> Self {
         let root = tempfile::Builder::new()
             .prefix("stretcher-test")
-            .tempdir()
+            .tempdir_in(base)
             .unwrap();
         std::fs::create_dir(root.path().join("tmp")).unwrap();
         Fixture { root }
@@ -76,7 +87,11 @@ impl Fixture {
 
     /// Runs the agent with `stdin`, extra args and env; cwd is the fixture.
     pub fn run(&self, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(bin());
+        self.run_program(bin(), stdin, args, env)
+    }
+
+    fn run_program(&self, program: &str, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.root.path())
             .env("TMPDIR", self.path("tmp"))
@@ -97,6 +112,38 @@ impl Fixture {
         let _ = input.write_all(stdin.as_bytes());
         drop(input);
         Run(child.wait_with_output().unwrap())
+    }
+
+    /// Like [`Fixture::run`], but as the unprivileged user `nobody` when the
+    /// tests run as root (through `setpriv`), the way a deploy user runs the
+    /// agent: the fixture is handed to `nobody` first. As any other user it
+    /// is a plain run.
+    pub fn run_unprivileged(&self, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        if !is_root() {
+            return self.run(stdin, args, env);
+        }
+        self.chown_to_nobody();
+        let mut full = vec![
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            bin(),
+        ];
+        full.extend_from_slice(args);
+        self.run_program("setpriv", stdin, &full, env)
+    }
+
+    /// Hands everything in the fixture to `nobody` (as root).
+    pub fn chown_to_nobody(&self) {
+        let ok = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(self.root.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown -R nobody");
     }
 
     /// Deploys manifest `yaml` by piping its URL.
