@@ -6,25 +6,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::units::{parse_bytes, parse_duration};
-
-/// Long flag names that upstream v1.1 spelled with a single dash.
-const LONG_FLAGS: &[&str] = &[
-    "max-band-width",
-    "max-bandwidth",
-    "timeout",
-    "random-delay",
-    "retry",
-    "retry-wait",
-    "rsync-verbose",
-    "state-dir",
-    "force",
-    "lock-timeout",
-    "version",
-    "help",
-];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,7 +21,7 @@ struct Args {
     #[arg(long = "max-band-width", alias = "max-bandwidth", value_name = "SIZE", value_parser = parse_bytes)]
     max_bandwidth: Option<u64>,
 
-    /// Timeout for downloading src archives (Go duration like 1m30s, or seconds)
+    /// Timeout for fetching the manifest and downloading src archives (Go duration like 1m30s, or seconds; 0 = none)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     timeout: Option<Duration>,
 
@@ -86,7 +70,8 @@ struct Args {
 pub struct Config {
     /// Download rate limit in bytes per second.
     pub max_bandwidth: Option<u64>,
-    /// Bound on the whole src download, retries included.
+    /// Bound on the manifest fetch and on the whole src download, retries
+    /// included; `None` (also for `--timeout 0`) is unbounded.
     pub timeout: Option<Duration>,
     /// Upper bound of the random start-up sleep.
     pub random_delay: Option<Duration>,
@@ -110,12 +95,29 @@ pub enum Command {
     Version,
     /// Run the agent.
     Run(Config),
+    /// Print `text` (help on stdout, an error on stderr) and exit with `code`.
+    Exit {
+        /// What to print.
+        text: String,
+        /// The exit status: 0 for `--help`, 1 for a bad flag or value.
+        code: u8,
+    },
 }
 
 /// Rewrites v1.1's single-dash long flags (`-timeout`, `-retry-wait=1`) to
 /// their double-dash form. Values are never touched: only an argument whose
-/// name is a known long flag is rewritten.
+/// name is one of clap's long flags is rewritten.
 fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let command = Args::command();
+    let long_flags: Vec<&str> = command
+        .get_arguments()
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default())
+        })
+        .chain(["help"])
+        .collect();
     args.into_iter()
         .enumerate()
         .map(|(i, arg)| {
@@ -125,7 +127,7 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
             match s.strip_prefix('-') {
                 Some(rest) if !rest.starts_with('-') => {
                     let name = rest.split('=').next().unwrap_or(rest);
-                    if LONG_FLAGS.contains(&name) {
+                    if long_flags.contains(&name) {
                         OsString::from(format!("-{s}"))
                     } else {
                         arg
@@ -137,21 +139,25 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
         .collect()
 }
 
-/// Parses the process arguments; on a bad value clap prints a one-line error
-/// naming the flag and exits 1.
+/// Parses the process arguments. A bad flag or value becomes a one-line
+/// error naming the flag (clap's usage hint would only add noise to a
+/// handler's log).
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     let args = match Args::try_parse_from(normalize_args(args)) {
         Ok(args) => args,
         Err(e) if e.use_stderr() => {
-            // One line naming the flag; clap's usage hint would only add noise
-            // to a handler's log.
             let rendered = e.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
-            std::process::exit(1);
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            return Command::Exit {
+                text: line.to_string(),
+                code: 1,
+            };
         }
         Err(e) => {
-            let _ = e.print();
-            std::process::exit(0);
+            return Command::Exit {
+                text: e.render().to_string(),
+                code: 0,
+            }
         }
     };
     if args.version {
@@ -159,7 +165,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     }
     Command::Run(Config {
         max_bandwidth: args.max_bandwidth,
-        timeout: args.timeout,
+        // Go: `if Timeout != 0`; a zero timeout means none.
+        timeout: args.timeout.filter(|t| !t.is_zero()),
         random_delay: args.random_delay,
         retry: args.retry,
         retry_wait: args.retry_wait,
@@ -201,5 +208,32 @@ mod tests {
                 "-v"
             ])
         );
+    }
+
+    #[test]
+    fn a_zero_timeout_means_none_as_in_go() {
+        for flag in ["--timeout=0", "--timeout=0s", "-timeout=0"] {
+            let Command::Run(config) = parse(os(&["stretcher", flag])) else {
+                panic!("{flag}: not a run");
+            };
+            assert_eq!(config.timeout, None, "{flag}");
+        }
+        let Command::Run(config) = parse(os(&["stretcher", "--timeout", "30"])) else {
+            panic!("not a run");
+        };
+        assert_eq!(config.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn bad_values_and_help_do_not_exit_the_process() {
+        let Command::Exit { text, code } = parse(os(&["stretcher", "--retry", "x"])) else {
+            panic!("not an exit");
+        };
+        assert_eq!(code, 1);
+        assert!(text.contains("--retry") && !text.contains('\n'), "{text}");
+        let Command::Exit { code, .. } = parse(os(&["stretcher", "-help"])) else {
+            panic!("not an exit");
+        };
+        assert_eq!(code, 0);
     }
 }

@@ -37,8 +37,12 @@ impl Phase {
 pub struct Hooks<'a> {
     /// Variables exported to every hook (besides `STRETCHER_PHASE`).
     pub env: Vec<(&'static str, String)>,
-    /// Fires on SIGINT/SIGTERM: the running hook's group gets SIGTERM.
+    /// Fires on the first SIGINT/SIGTERM: a running `pre`/`post` hook's
+    /// group gets SIGTERM.
     pub cancel: &'a CancellationToken,
+    /// Fires on a second signal: a running `success`/`failure` hook's group
+    /// gets SIGTERM too, so the agent can clean up and exit.
+    pub abort: &'a CancellationToken,
     /// Discard `success`/`failure` hook output: a `serf query` handler's
     /// stdout and stderr are its one-line answer.
     pub quiet: bool,
@@ -67,6 +71,9 @@ impl Hooks<'_> {
     /// through. A hook that does not read its stdin is not an error.
     pub async fn run_piped(&self, phase: Phase, lines: &[String], log: &[u8]) -> Result<()> {
         for line in lines {
+            if self.abort.is_cancelled() {
+                bail!("skipped {line}: stopping on a second signal");
+            }
             let mut child = self
                 .command(phase, line)
                 .stdin(Stdio::piped())
@@ -90,8 +97,8 @@ impl Hooks<'_> {
                 }
             };
             // Not cut short by the signal that failed the run: these hooks
-            // report the outcome. A second signal ends the agent (main.rs).
-            let status = wait(&mut child, line, feed, &CancellationToken::new()).await?;
+            // report the outcome. A second signal stops them.
+            let status = wait(&mut child, line, feed, self.abort).await?;
             check(line, status)?;
         }
         Ok(())

@@ -13,8 +13,10 @@ pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod query;
+pub mod scratch;
 pub mod source;
 pub mod state;
+pub mod step;
 pub mod sync;
 pub mod template;
 pub mod units;
@@ -22,7 +24,7 @@ pub mod units;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -32,32 +34,37 @@ use crate::event::{Event, Invocation};
 use crate::hooks::{Hooks, Phase};
 use crate::manifest::Manifest;
 use crate::query::Outcome;
+use crate::scratch::ScratchDir;
 use crate::state::StateDir;
+use crate::step::{AtStep, Failure, Step};
 
 /// This build's version, as `stretcher --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// SIGINT/SIGTERM as the run sees them.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// The first signal: stop the step under way, fail the run, still run
+    /// the `failure` hooks.
+    pub cancel: CancellationToken,
+    /// A second signal: stop the `success`/`failure` hooks too. Temp files
+    /// are removed either way.
+    pub abort: CancellationToken,
+}
+
 /// Runs the agent once: stdin → manifest → deploy → hooks. Every error is
 /// logged here; the result only tells the caller which exit status to use.
 /// Under `serf query`, the one-line outcome is printed on stdout.
-pub async fn run(config: &Config, how: &Invocation, cancel: &CancellationToken) -> Result<()> {
+pub async fn run(config: &Config, how: &Invocation, signals: &Signals) -> Result<(), Failure> {
     ::log::info!("Starting up stretcher agent {VERSION}");
     let started = Instant::now();
-    let mut step = "event";
-    let result = run_logged(config, how, cancel, &mut step).await;
+    let result = run_logged(config, how, signals).await;
     let outcome = match &result {
         Ok(outcome) => outcome.clone(),
-        Err(e) => {
-            if !e.is::<Logged>() {
-                ::log::info!("{e:#}");
-            }
-            Outcome::Failed {
-                step,
-                error: e
-                    .downcast_ref::<Logged>()
-                    .map_or_else(|| format!("{e:#}"), |l| l.0.clone()),
-            }
-        }
+        Err(failure) => Outcome::Failed {
+            step: failure.step.name(),
+            error: failure.to_string(),
+        },
     };
     if how.is_serf_query() {
         println!("{}", outcome.line(started.elapsed()));
@@ -65,46 +72,63 @@ pub async fn run(config: &Config, how: &Invocation, cancel: &CancellationToken) 
     result.map(|_| ())
 }
 
+/// Everything up to the deploy fails before a manifest (and so its hooks)
+/// exists: those errors are logged as they are.
 async fn run_logged(
     config: &Config,
     how: &Invocation,
-    cancel: &CancellationToken,
-    step: &mut &'static str,
-) -> Result<Outcome> {
-    if let Some(limit) = config.random_delay.filter(|d| !d.is_zero()) {
-        let delay = limit.mul_f64(rand::random::<f64>());
-        ::log::info!("Sleeping {}", units::format_duration(delay));
-        cancellable(cancel, async {
-            tokio::time::sleep(delay).await;
-            Ok(())
-        })
-        .await?;
-    }
-
-    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let event = cancellable(cancel, event::read_event(stdin, how))
-        .await
-        .context("could not parse event")?;
-
-    let state = config
-        .state_dir
-        .as_deref()
-        .map(StateDir::open)
-        .transpose()?;
-    if let (Some(state), Some(source), false) = (&state, &event.source, config.force) {
-        if state.already_deployed(source)? {
-            ::log::info!("Event {} already deployed, skipping", source.label());
-            return Ok(Outcome::Skipped(source.label()));
+    signals: &Signals,
+) -> Result<Outcome, Failure> {
+    let cancel = &signals.cancel;
+    let before_deploy = async {
+        if let Some(limit) = config.random_delay.filter(|d| !d.is_zero()) {
+            let delay = limit.mul_f64(rand::random::<f64>());
+            ::log::info!("Sleeping {}", units::format_duration(delay));
+            cancellable(cancel, async {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            })
+            .await
+            .at(Step::Event)?;
         }
-    }
-
-    *step = "manifest";
-    ::log::info!("Loading manifest: {}", event.url);
-    let manifest = source::read_to_string(&event.url)
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let event = cancellable(cancel, event::read_event(stdin, how))
+            .await
+            .context("could not parse event")
+            .at(Step::Event)?;
+        let state = config
+            .state_dir
+            .as_deref()
+            .map(StateDir::open)
+            .transpose()
+            .at(Step::Event)?;
+        if let (Some(state), Some(source), false) = (&state, &event.source, config.force) {
+            if state.already_deployed(source).at(Step::Event)? {
+                ::log::info!("Event {} already deployed, skipping", source.label());
+                return Ok(Err(Outcome::Skipped(source.label())));
+            }
+        }
+        ::log::info!("Loading manifest: {}", event.url);
+        let manifest = cancellable(
+            cancel,
+            with_timeout(config.timeout, &event.url, async {
+                Manifest::parse(&source::read_to_string(&event.url).await?)
+            }),
+        )
         .await
-        .and_then(|text| Manifest::parse(&text))
-        .context("load manifest failed")?;
-    ::log::info!("Executing manifest {}", event.url);
+        .context("load manifest failed")
+        .at(Step::Manifest)?;
+        ::log::info!("Executing manifest {}", event.url);
+        Ok(Ok((event, state, manifest)))
+    };
+    let (event, state, manifest) = match before_deploy.await {
+        Ok(Ok(found)) => found,
+        Ok(Err(skipped)) => return Ok(skipped),
+        Err(failure) => {
+            ::log::info!("{failure}");
+            return Err(failure);
+        }
+    };
 
     let hooks = Hooks {
         env: vec![
@@ -115,40 +139,31 @@ async fn run_logged(
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
         cancel,
+        abort: &signals.abort,
         quiet: how.is_serf_query(),
     };
-    let result = deploy(&manifest, config, &hooks, cancel, step).await;
-    let outcome = match result {
+    let result = deploy(&manifest, config, &hooks, cancel).await;
+    let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
             if let Some(Err(e)) = state.as_ref().map(|s| record(s, &event, &manifest)) {
                 ::log::info!("could not record the deploy in the state dir: {e:#}");
             }
-            let ran = hooks
-                .run_piped(Phase::Success, &manifest.commands.success, &log::snapshot())
-                .await;
-            if let Err(e) = ran {
-                ::log::info!("{e:#}");
-            }
-            Ok(Outcome::Deployed {
-                dest: manifest.dest.clone(),
-                checksum: manifest.checksum.clone(),
-            })
+            (Phase::Success, &manifest.commands.success)
         }
-        Err(e) => {
-            let message = format!("{e:#}");
-            ::log::info!("Deploy manifest failed: {message}");
-            let ran = hooks
-                .run_piped(Phase::Failure, &manifest.commands.failure, &log::snapshot())
-                .await;
-            if let Err(e) = ran {
-                ::log::info!("{e:#}");
-            }
-            Err(Logged(message).into())
+        Err(failure) => {
+            ::log::info!("Deploy manifest failed: {failure}");
+            (Phase::Failure, &manifest.commands.failure)
         }
     };
+    if let Err(e) = hooks.run_piped(phase, lines, &log::snapshot()).await {
+        ::log::info!("{e:#}");
+    }
     ::log::info!("Done");
-    outcome
+    result.map(|()| Outcome::Deployed {
+        dest: manifest.dest.clone(),
+        checksum: manifest.checksum.clone(),
+    })
 }
 
 fn record(state: &StateDir, event: &Event, m: &Manifest) -> Result<()> {
@@ -161,37 +176,23 @@ fn record(state: &StateDir, event: &Event, m: &Manifest) -> Result<()> {
     state.record(event.source.as_ref(), &m.dest, entry)
 }
 
-/// A failed deploy, already logged as `Deploy manifest failed: …`.
-#[derive(Debug)]
-struct Logged(String);
-
-impl std::fmt::Display for Logged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Deploy manifest failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for Logged {}
-
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,
 /// `pre`, extract, chmod, sync, `post`. The temp file and dir are removed,
-/// and the lock released, on return. `step` names the step under way, for
-/// the one-line result.
+/// and the lock released, on return.
 async fn deploy(
     m: &Manifest,
     config: &Config,
     hooks: &Hooks<'_>,
     cancel: &CancellationToken,
-    step: &mut &'static str,
-) -> Result<()> {
+) -> Result<(), Failure> {
     if m.src.is_empty() {
-        *step = "pre";
-        hooks.run(Phase::Pre, &m.commands.pre).await?;
-        *step = "post";
-        return hooks.run(Phase::Post, &m.commands.post).await;
+        hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
+        return hooks
+            .run(Phase::Post, &m.commands.post)
+            .await
+            .at(Step::Post);
     }
 
-    *step = "validate";
     let strategy = sync::from_name(
         &m.sync_strategy,
         sync::Settings {
@@ -199,52 +200,60 @@ async fn deploy(
             exclude_from: m.exclude_from.clone(),
             rsync_verbose: config.rsync_verbose.clone(),
         },
-    )?;
-    digest::Verifier::new(&m.checksum)?;
+    )
+    .at(Step::Validate)?;
+    digest::Verifier::new(&m.checksum).at(Step::Validate)?;
 
-    *step = "lock";
-    let _lock = cancellable(cancel, lock::acquire(&m.dest, config.lock_timeout)).await?;
+    let _lock = cancellable(cancel, lock::acquire(&m.dest, config.lock_timeout))
+        .await
+        .at(Step::Lock)?;
 
-    *step = "download";
     let options = fetch::Options {
         max_bandwidth: config.max_bandwidth,
         timeout: config.timeout,
         retry: config.retry,
         retry_wait: config.retry_wait,
     };
-    let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options)).await?;
+    let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options))
+        .await
+        .at(Step::Download)?;
 
-    *step = "pre";
-    hooks.run(Phase::Pre, &m.commands.pre).await?;
-    interrupted(cancel)?;
+    hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
+    interrupted(cancel).at(Step::Pre)?;
 
-    *step = "extract";
-    let dir = tempfile::Builder::new()
-        .prefix("stretcher_src")
-        .tempdir()
-        .context("creating the extraction dir")?;
+    let dir = ScratchDir::new("stretcher_src").at(Step::Extract)?;
     let archive = download.path().to_path_buf();
     ::log::info!(
         "Extract archive: {} to {}",
         archive.display(),
         dir.path().display()
     );
-    let root = dir.path().to_path_buf();
-    blocking(move || archive::extract(&archive, &root)).await?;
+    let (root, src, stop) = (dir.path().to_path_buf(), m.src.clone(), cancel.clone());
+    blocking(move || archive::extract(&archive, &root, &src, &stop))
+        .await
+        .at(Step::Extract)?;
     drop(download);
-    interrupted(cancel)?;
+    interrupted(cancel).at(Step::Extract)?;
 
     ::log::info!("Set dest mode {:04o}", m.dest_mode());
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m.dest_mode()))
-        .with_context(|| format!("chmod {}", dir.path().display()))?;
+        .with_context(|| format!("chmod {}", dir.path().display()))
+        .at(Step::Extract)?;
 
-    *step = "sync";
-    let (from, to) = (dir.path().to_path_buf(), Path::new(&m.dest).to_path_buf());
-    blocking(move || strategy.sync(&from, &to)).await?;
-    interrupted(cancel)?;
+    let (from, to, stop) = (
+        dir.path().to_path_buf(),
+        Path::new(&m.dest).to_path_buf(),
+        cancel.clone(),
+    );
+    blocking(move || strategy.sync(&from, &to, &stop))
+        .await
+        .at(Step::Sync)?;
+    interrupted(cancel).at(Step::Sync)?;
 
-    *step = "post";
-    hooks.run(Phase::Post, &m.commands.post).await
+    hooks
+        .run(Phase::Post, &m.commands.post)
+        .await
+        .at(Step::Post)
 }
 
 /// Runs blocking file work off the async workers.
@@ -271,4 +280,21 @@ async fn cancellable<T>(
         r = fut => r,
         () = cancel.cancelled() => bail!("interrupted by signal"),
     }
+}
+
+/// Bounds the manifest fetch by `--timeout`, as the src download is.
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    url: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(limit) = limit else {
+        return fut.await;
+    };
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        anyhow!(
+            "timeout {} reached while fetching {url}",
+            units::format_duration(limit)
+        )
+    })?
 }

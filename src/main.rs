@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use stretcher::cli::{self, Command};
 use stretcher::event::Invocation;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let config = match cli::parse(std::env::args_os()) {
@@ -14,6 +13,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(config) => config,
+        Command::Exit { text, code } => {
+            if code == 0 {
+                print!("{text}");
+            } else {
+                eprintln!("{text}");
+            }
+            return ExitCode::from(code);
+        }
     };
     let how = Invocation::from_env();
     // consul watch stops calling a handler that exits non-zero and replays
@@ -36,41 +43,38 @@ fn main() -> ExitCode {
         }
     };
     let ok = runtime.block_on(async {
-        let cancel = CancellationToken::new();
+        let signals = stretcher::Signals::default();
         // Handlers are in place before the run starts, so no early signal
         // kills the process with temp files left behind.
-        let signals = (
+        let handlers = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         );
-        let (Ok(int), Ok(term)) = signals else {
+        let (Ok(int), Ok(term)) = handlers else {
             eprintln!("cannot install signal handlers");
             return false;
         };
-        tokio::spawn(cancel_on_signal(int, term, cancel.clone(), failure_code));
-        stretcher::run(&config, &how, &cancel).await.is_ok()
+        tokio::spawn(on_signals(int, term, signals.clone()));
+        stretcher::run(&config, &how, &signals).await.is_ok()
     });
     // Exit without waiting for a stdin reader blocked on a silent pipe.
     std::process::exit(if ok { 0 } else { failure_code })
 }
 
-/// The first SIGINT/SIGTERM cancels the run; a second one (while failure
-/// hooks run) exits with `failure_code`.
-async fn cancel_on_signal(
-    mut int: Signal,
-    mut term: Signal,
-    cancel: CancellationToken,
-    failure_code: i32,
-) {
+/// The first SIGINT/SIGTERM cancels the run; a second one also stops the
+/// `success`/`failure` hooks. Either way the run returns through its
+/// cleanup (temp file, extraction dir, lock) before the process exits.
+async fn on_signals(mut int: Signal, mut term: Signal, signals: stretcher::Signals) {
     for round in 0.. {
         tokio::select! {
             _ = int.recv() => log::info!("Received SIGINT, stopping"),
             _ = term.recv() => log::info!("Received SIGTERM, stopping"),
         }
-        if round > 0 {
-            // A second signal while failure hooks run: stop now.
-            std::process::exit(failure_code);
+        if round == 0 {
+            signals.cancel.cancel();
+        } else {
+            log::info!("Second signal: stopping the remaining hooks");
+            signals.abort.cancel();
         }
-        cancel.cancel();
     }
 }

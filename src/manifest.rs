@@ -86,34 +86,92 @@ impl Manifest {
     }
 }
 
-/// Any YAML scalar as its text (`checksum: 123` is "123"; `~` is empty).
-fn scalar_text(v: Value) -> Result<String, String> {
-    match v {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Tagged(t) => scalar_text(t.value),
-        Value::Sequence(_) | Value::Mapping(_) => {
-            Err("expected a string, got a list or map".into())
+/// A YAML scalar as the text the user wrote, as yaml.v2 reads it into a Go
+/// string: `checksum: 0123…` stays `0123…`, not a number (a checksum made
+/// only of digits is a valid md5 or sha).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+        Ok(Text(v.to_string()))
+    }
+}
+
+/// Any scalar as its text; `~`, `null` and nothing at all are empty.
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<Text>::deserialize(d)?
+        .map(|t| t.0)
+        .unwrap_or_default())
+}
+
+/// A list of scalars, each as its text; one scalar is a list of one.
+fn scalars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Scalars;
+    impl<'de> serde::de::Visitor<'de> for Scalars {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of strings")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<Option<Text>>()? {
+                out.push(item.map(|t| t.0).unwrap_or_default());
+            }
+            Ok(out)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(if v.is_empty() {
+                Vec::new()
+            } else {
+                vec![v.to_string()]
+            })
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
         }
     }
-}
-
-fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    scalar_text(Value::deserialize(d)?).map_err(serde::de::Error::custom)
-}
-
-fn scalars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(Vec::new()),
-        Value::Sequence(items) => items
-            .into_iter()
-            .map(scalar_text)
-            .collect::<Result<_, _>>()
-            .map_err(serde::de::Error::custom),
-        v => Ok(vec![scalar_text(v).map_err(serde::de::Error::custom)?]),
-    }
+    d.deserialize_any(Scalars)
 }
 
 fn commands<'de, D: Deserializer<'de>>(d: D) -> Result<Commands, D::Error> {
@@ -190,6 +248,17 @@ mod tests {
         assert!(m.commands.pre.is_empty());
         let m = Manifest::parse("commands:\n").unwrap();
         assert!(m.commands.post.is_empty());
+        // All digits, longer than any integer, with leading zeros: the text.
+        let md5 = "01234567890123456789012345678901";
+        let m = Manifest::parse(&format!(
+            "checksum: {md5}\nexcludes: [0123, 1.50]\ncommands:\n  pre: [007, true]\n"
+        ))
+        .unwrap();
+        assert_eq!(m.checksum, md5);
+        assert_eq!(m.excludes, ["0123", "1.50"]);
+        assert_eq!(m.commands.pre, ["007", "true"]);
+        assert_eq!(Manifest::parse("dest: null\n").unwrap().dest, "");
+        assert!(Manifest::parse("dest: [a]\n").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Case {
 }
 
 #[test]
-fn not_found_is_an_error_naming_status_and_url_without_retry() {
+fn not_found_is_an_error_naming_status_and_url_and_is_retried() {
     let c = Case::new();
     let src = c.server.url("/missing.tar.gz");
     let url = c.fx.manifest(&manifest_for(&c.fx, &src, &sha256(b""), ""));
@@ -54,8 +54,71 @@ fn not_found_is_an_error_naming_status_and_url_without_retry() {
         log.contains(&format!("HTTP status 404 from {src}")),
         "{log}"
     );
-    assert_eq!(c.server.hits("/missing.tar.gz"), 1, "a 404 is not retried");
+    assert_eq!(
+        c.server.hits("/missing.tar.gz"),
+        4,
+        "a 404 is retried, as Go stretcher does"
+    );
     c.fx.assert_no_temp_files();
+}
+
+#[test]
+fn an_archive_that_appears_after_a_404_or_403_deploys_with_retry() {
+    for status in [404, 403] {
+        let c = Case::new();
+        let mut route = Route::ok(c.data.clone());
+        route.fail_first = 2;
+        route.fail_status = status;
+        let log = c
+            .deploy(route, &["--retry", "2", "--retry-wait", "10ms"])
+            .ok();
+        assert!(log.contains(&format!("HTTP status {status}")), "{log}");
+        assert_eq!(c.server.hits("/app.tar.gz"), 3, "{log}");
+        assert!(c.fx.dest().join("index.html").exists());
+    }
+}
+
+#[test]
+fn a_malformed_src_url_fails_at_once_even_with_retry() {
+    let c = Case::new();
+    let url =
+        c.fx.manifest(&manifest_for(&c.fx, "http://[::1", &sha256(b""), ""));
+    let started = Instant::now();
+    let log =
+        c.fx.run(&url, &["--retry", "3", "--retry-wait", "2s"], &[])
+            .failed();
+    assert!(log.contains("invalid URL http://[::1"), "{log}");
+    assert!(!log.contains("Try again"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_zero_timeout_means_no_timeout() {
+    for flag in [["--timeout", "0"], ["-timeout", "0"]] {
+        let c = Case::new();
+        let mut route = Route::ok(c.data.clone());
+        route.chunk_delay = Duration::from_millis(20);
+        let log = c.deploy(route, &flag).ok();
+        assert!(!log.contains("Set timeout"), "{log}");
+        assert!(c.fx.dest().join("index.html").exists(), "{log}");
+    }
+}
+
+#[test]
+fn the_manifest_fetch_is_bounded_by_the_timeout() {
+    let c = Case::new();
+    let mut route = Route::ok(Vec::new());
+    route.hang = true;
+    let url = c.server.route("/m.yml", route);
+    let started = Instant::now();
+    let log = c.fx.run(&url, &["--timeout", "500ms"], &[]).failed();
+    assert!(
+        log.contains(&format!(
+            "load manifest failed: timeout 500ms reached while fetching {url}"
+        )),
+        "{log}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]

@@ -206,40 +206,6 @@ fn concurrent_runs_on_one_dest_take_turns() {
 }
 
 #[test]
-fn lock_timeout_fails_the_waiting_run() {
-    let fx = Fixture::new();
-    let url = fx.manifest(&app_manifest(&fx, ""));
-    // Hold the lock from the test process.
-    let lock =
-        std::fs::File::create(stretcher::lock::lock_path(fx.dest().to_str().unwrap())).unwrap();
-    lock.lock().unwrap();
-    let started = Instant::now();
-    let log = fx.run(&url, &["--lock-timeout", "300ms"], &[]).failed();
-    assert!(log.contains("waiting for lock"), "{log}");
-    assert!(log.contains("still held after 300ms"), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(!fx.dest().exists());
-    drop(lock);
-    fx.run(&url, &[], &[]).ok();
-}
-
-#[test]
-fn commands_only_manifests_take_no_lock() {
-    let fx = Fixture::new();
-    let lock =
-        std::fs::File::create(stretcher::lock::lock_path(fx.dest().to_str().unwrap())).unwrap();
-    lock.lock().unwrap();
-    let yaml = format!(
-        "dest: {}\ncommands:\n  post:\n    - 'true'\n",
-        fx.dest().display()
-    );
-    let log = fx
-        .run(&fx.manifest(&yaml), &["--lock-timeout", "100ms"], &[])
-        .ok();
-    assert!(!log.contains("waiting for lock"), "{log}");
-}
-
-#[test]
 fn serf_query_mode_prints_one_result_line_on_stdout() {
     let fx = Fixture::new();
     let url = fx.manifest(&app_manifest(

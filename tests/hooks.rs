@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{app_manifest, app_tar, bin, gzip, sha256, Fixture};
+use common::{app_manifest, app_tar, bin, gzip, sha256, spawn, wait_exit, wait_for, Fixture};
 
 /// An app deploy manifest with `commands` as its commands section.
 fn with_commands(fx: &Fixture, commands: &str) -> String {
@@ -125,64 +125,6 @@ fn hooks_see_stretcher_variables_and_run_in_the_agents_cwd() {
     assert_eq!(got, want);
 }
 
-/// Starts the agent on `url` with stderr read line by line into a channel.
-fn spawn(fx: &Fixture, url: Option<&str>) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin())
-        .current_dir(fx.root.path())
-        .env("TMPDIR", fx.path("tmp"))
-        .env_remove("CONSUL_INDEX")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(url) = url {
-        stdin.write_all(url.as_bytes()).unwrap();
-    } else {
-        // Keep stdin open: the agent waits for a URL.
-        std::mem::forget(stdin);
-    }
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Waits for a stderr line containing `want`; returns every line seen.
-fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            let hit = line.contains(want);
-            seen.push(line);
-            if hit {
-                return seen;
-            }
-        }
-    }
-    panic!("never saw {want:?}; got:\n{}", seen.join("\n"));
-}
-
-fn wait_exit(child: &mut Child) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("agent did not exit");
-}
-
 #[test]
 fn pre_hook_output_is_logged_as_it_arrives() {
     let fx = Fixture::new();
@@ -196,7 +138,7 @@ fn pre_hook_output_is_logged_as_it_arrives() {
             g = go.display()
         ),
     ));
-    let (mut child, rx) = spawn(&fx, Some(&url));
+    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
     wait_for(&rx, "marker-1");
     std::fs::write(&go, "").unwrap();
     wait_for(&rx, "marker-2");
@@ -216,7 +158,7 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
             f = failure.display()
         ),
     ));
-    let (mut child, rx) = spawn(&fx, Some(&url));
+    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
     wait_for(&rx, "hook-2-up");
     let started = Instant::now();
     // SAFETY: signalling our own child process.
@@ -248,7 +190,7 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
 #[test]
 fn sigint_while_waiting_for_stdin_cancels() {
     let fx = Fixture::new();
-    let (mut child, rx) = spawn(&fx, None);
+    let (mut child, rx) = spawn(&fx, None, &[]);
     wait_for(&rx, "Waiting for events from STDIN");
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -106,7 +106,12 @@ struct DirMeta {
 }
 
 /// Extracts the archive at `archive` into the existing directory `dir`.
-pub fn extract(archive: &Path, dir: &Path) -> Result<()> {
+pub fn extract(
+    archive: &Path,
+    dir: &Path,
+    _name: &str,
+    _cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let root = is_root();
     let mask = if root { 0 } else { umask() };
     let mut tar = tar::Archive::new(open(archive)?);

@@ -39,17 +39,18 @@ pub async fn open(url: &Url) -> Result<Body> {
     Ok(Box::new(StreamReader::new(stream)))
 }
 
+/// One line naming the URL and the cause. Every kind is worth another
+/// attempt: an object may appear, a grant may land.
 fn describe(err: object_store::Error, url: &Url) -> anyhow::Error {
-    let permanent = |what: String| anyhow!(Permanent(format!("{url}: {what}")));
     match err {
         object_store::Error::NotFound { .. } => {
-            permanent("not found (no such bucket or object)".into())
+            anyhow!("{url}: not found (no such bucket or object)")
         }
         object_store::Error::PermissionDenied { source, .. } => {
-            permanent(format!("access denied: {source}"))
+            anyhow!("{url}: access denied: {source}")
         }
         object_store::Error::Unauthenticated { source, .. } => {
-            permanent(format!("no usable credentials: {source}"))
+            anyhow!("{url}: no usable credentials: {source}")
         }
         e => anyhow!("{url}: {e}"),
     }

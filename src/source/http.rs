@@ -1,5 +1,6 @@
 //! `http://` and `https://`: `User-Agent: Stretcher/<version>`, proxies from
-//! the environment, redirects followed, and any non-2xx status an error.
+//! the environment, redirects followed, and any non-2xx status an error
+//! (worth another attempt, whatever the status: a mirror may lag an upload).
 
 use std::sync::OnceLock;
 
@@ -8,7 +9,7 @@ use futures_util::TryStreamExt;
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::{Body, Permanent};
+use super::Body;
 
 fn client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -31,12 +32,7 @@ pub async fn open(url: &Url) -> Result<Body> {
         .with_context(|| format!("GET {url}"))?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
-        let message = format!("HTTP status {status} from {url}");
-        // 5xx, 408 and 429 are worth another attempt; other statuses are not.
-        if status >= 500 || status == 408 || status == 429 {
-            bail!(message);
-        }
-        return Err(Permanent(message).into());
+        bail!("HTTP status {status} from {url}");
     }
     let stream = response.bytes_stream().map_err(std::io::Error::other);
     Ok(Box::new(StreamReader::new(stream)))

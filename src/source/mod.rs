@@ -8,7 +8,7 @@ mod http;
 #[cfg(feature = "s3")]
 mod s3;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
 
@@ -18,7 +18,7 @@ pub type Body = Box<dyn AsyncRead + Send + Unpin>;
 /// Opens `url` for reading. Scheme errors use upstream's wording.
 pub async fn open(url: &str) -> Result<Body> {
     log::info!("Loading URL {url}");
-    let parsed = Url::parse(url).with_context(|| format!("invalid URL: {url}"))?;
+    let parsed = Url::parse(url).map_err(|e| Permanent(format!("invalid URL {url}: {e}")))?;
     match parsed.scheme() {
         "file" => file::open(&parsed).await,
         "http" | "https" => http::open(&parsed).await,
@@ -27,10 +27,19 @@ pub async fn open(url: &str) -> Result<Body> {
         #[cfg(feature = "gcs")]
         "gs" => gcs::open(&parsed).await,
         #[cfg(not(feature = "s3"))]
-        "s3" => bail!("s3:// support is not built in (build with --features s3): {url}"),
+        "s3" => Err(Permanent(format!(
+            "s3:// support is not built in (build with --features s3): {url}"
+        ))
+        .into()),
         #[cfg(not(feature = "gcs"))]
-        "gs" => bail!("gs:// support is not built in (build with --features gcs): {url}"),
-        _ => bail!("manifest URL scheme must be s3, gs, http(s) or file: {url}"),
+        "gs" => Err(Permanent(format!(
+            "gs:// support is not built in (build with --features gcs): {url}"
+        ))
+        .into()),
+        _ => Err(Permanent(format!(
+            "manifest URL scheme must be s3, gs, http(s) or file: {url}"
+        ))
+        .into()),
     }
 }
 
@@ -44,8 +53,10 @@ pub async fn read_to_string(url: &str) -> Result<String> {
     Ok(text)
 }
 
-/// An error another attempt cannot fix: a 404, a missing key or bucket,
-/// denied access, missing configuration.
+/// An error that cannot change between attempts: a malformed URL, an
+/// unsupported scheme, no region configured. Everything else (a 404 or a
+/// missing key included: a mirror or CDN may lag an upload) is worth another
+/// attempt, as in Go stretcher.
 #[derive(Debug)]
 pub struct Permanent(pub String);
 

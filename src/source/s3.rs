@@ -46,34 +46,39 @@ pub async fn open(url: &Url) -> Result<Body> {
     Ok(Box::new(output.body.into_async_read()))
 }
 
-/// One line saying what went wrong, naming the URL (and so bucket and key).
+/// One line naming the URL (and so bucket and key) and the cause, chosen
+/// by the SDK's error kind and S3's error code. Every one of them is worth
+/// another attempt: a key may appear (an upload racing the deploy), a grant
+/// or a credential may land.
 fn describe(err: SdkError<GetObjectError>, url: &Url) -> anyhow::Error {
-    let permanent = |what: &str| anyhow!(Permanent(format!("{url}: {what}")));
-    match &err {
-        SdkError::ServiceError(e) => {
-            let code = e.err().code().unwrap_or_default();
-            let status = e.raw().status().as_u16();
-            match code {
-                "NoSuchKey" => permanent("no such key"),
-                "NoSuchBucket" => permanent("no such bucket"),
-                "AccessDenied" | "AllAccessDisabled" => permanent("access denied"),
-                "InvalidAccessKeyId"
-                | "SignatureDoesNotMatch"
-                | "ExpiredToken"
-                | "InvalidToken" => permanent(&format!("credentials rejected ({code})")),
-                _ if status == 404 => permanent("not found"),
-                _ if status == 403 => permanent(&format!("access denied ({code})")),
-                _ => anyhow!("{url}: {}", DisplayErrorContext(&err)),
+    let what = match &err {
+        SdkError::ServiceError(e) => match e.err() {
+            GetObjectError::NoSuchKey(_) => "no such key".to_string(),
+            GetObjectError::InvalidObjectState(_) => {
+                "the object is archived (InvalidObjectState)".to_string()
             }
+            other => match (other.code(), e.raw().status().as_u16()) {
+                (Some("NoSuchBucket"), _) => "no such bucket".to_string(),
+                (Some("AccessDenied" | "AllAccessDisabled"), _) => "access denied".to_string(),
+                (
+                    Some(
+                        code @ ("InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "ExpiredToken"
+                        | "InvalidToken"),
+                    ),
+                    _,
+                ) => format!("credentials rejected ({code})"),
+                (_, 404) => "not found".to_string(),
+                (code, 403) => format!("access denied ({})", code.unwrap_or("403")),
+                _ => DisplayErrorContext(&err).to_string(),
+            },
+        },
+        SdkError::DispatchFailure(e) if e.is_io() => {
+            format!("cannot reach S3: {}", DisplayErrorContext(&err))
         }
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
-            let text = DisplayErrorContext(&err).to_string();
-            if text.contains("credentials") || text.contains("identity") {
-                permanent(&format!("no usable AWS credentials: {text}"))
-            } else {
-                anyhow!("{url}: {text}")
-            }
-        }
-        _ => anyhow!("{url}: {}", DisplayErrorContext(&err)),
-    }
+        SdkError::TimeoutError(_) => "request timed out".to_string(),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    anyhow!("{url}: {what}")
 }

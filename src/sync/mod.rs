@@ -7,14 +7,16 @@ mod rsync;
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use tokio_util::sync::CancellationToken;
 
 pub use mv::Mv;
 pub use rsync::Rsync;
 
 /// Makes `to` hold exactly the tree at `from`.
 pub trait SyncStrategy: Send + Sync {
-    /// Syncs the extracted tree `from` into `to`. Blocking.
-    fn sync(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Syncs the extracted tree `from` into `to`. Blocking; stops early
+    /// (with an error) when `cancel` fires.
+    fn sync(&self, from: &Path, to: &Path, cancel: &CancellationToken) -> Result<()>;
 }
 
 /// Manifest settings a strategy needs.

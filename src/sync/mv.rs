@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use super::SyncStrategy;
 
@@ -14,7 +15,7 @@ use super::SyncStrategy;
 pub struct Mv;
 
 impl SyncStrategy for Mv {
-    fn sync(&self, from: &Path, to: &Path) -> Result<()> {
+    fn sync(&self, from: &Path, to: &Path, _cancel: &CancellationToken) -> Result<()> {
         log::info!("Rename srcdir {} to dest {}", from.display(), to.display());
         match fs::rename(from, to) {
             Ok(()) => Ok(()),

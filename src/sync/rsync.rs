@@ -8,9 +8,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use super::{Settings, SyncStrategy};
+
+/// How often a running rsync is checked for exit or a signal.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The default strategy: the real rsync binary.
 pub struct Rsync(pub Settings);
@@ -96,13 +100,13 @@ fn with_slash(p: &Path) -> String {
 }
 
 impl SyncStrategy for Rsync {
-    fn sync(&self, from: &Path, to: &Path) -> Result<()> {
+    fn sync(&self, from: &Path, to: &Path, cancel: &CancellationToken) -> Result<()> {
         if self.move_into_empty_dest(from, to) {
             return Ok(());
         }
         let args = self.args(from, to);
         log::info!("rsync [{}]", args.join(" "));
-        let (reader, writer) = std::io::pipe().context("creating a pipe for rsync")?;
+        let (mut reader, writer) = std::io::pipe().context("creating a pipe for rsync")?;
         let mut child = {
             let mut cmd = Command::new("rsync");
             cmd.args(&args)
@@ -113,17 +117,37 @@ impl SyncStrategy for Rsync {
             // `cmd` and its copies of the pipe's write end drop here, so the
             // reader sees EOF when rsync exits.
         };
-        let mut output = Vec::new();
-        let read = (&reader).read_to_end(&mut output);
-        let status = child.wait().context("waiting for rsync")?;
-        read.context("reading rsync output")?;
+        let output = std::thread::spawn(move || {
+            let mut output = Vec::new();
+            reader.read_to_end(&mut output).map(|_| output)
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for rsync")? {
+                break Some(status);
+            }
+            if cancel.is_cancelled() {
+                // rsync renames each file into place whole: stopping it
+                // leaves every file in dest either old or new.
+                // SAFETY: kill has no memory-safety preconditions; the pid
+                // is our own child, not yet reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(POLL);
+        };
+        let output = output
+            .join()
+            .map_err(|_| anyhow!("rsync output reader panicked"))?
+            .context("reading rsync output")?;
         if !output.is_empty() {
             log::info!("{}", String::from_utf8_lossy(&output));
         }
-        if !status.success() {
-            bail!("rsync failed: {status}");
+        match status {
+            None => bail!("rsync stopped: interrupted by signal"),
+            Some(status) if !status.success() => bail!("rsync failed: {status}"),
+            Some(_) => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Route {
     pub chunk_delay: Duration,
     /// Answer `302 Found` with this `Location` instead.
     pub location: Option<String>,
+    /// Accept the request and never answer.
+    pub hang: bool,
 }
 
 impl Route {
@@ -33,6 +35,7 @@ impl Route {
             truncate_first: 0,
             chunk_delay: Duration::ZERO,
             location: None,
+            hang: false,
         }
     }
 }
@@ -134,6 +137,10 @@ impl Server {
             );
             return;
         };
+        if route.hang {
+            std::thread::sleep(Duration::from_secs(3600));
+            return;
+        }
         if let Some(location) = &route.location {
             let _ = write!(out, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             return;

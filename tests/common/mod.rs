@@ -8,10 +8,12 @@ pub mod http;
 pub mod objstore;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
@@ -160,6 +162,65 @@ impl Fixture {
             .collect();
         assert!(left.is_empty(), "temp files left behind: {left:?}");
     }
+}
+
+/// Starts the agent on `url` with stderr read line by line into a channel.
+pub fn spawn(fx: &Fixture, url: Option<&str>, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(fx.root.path())
+        .env("TMPDIR", fx.path("tmp"))
+        .env_remove("CONSUL_INDEX")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(url) = url {
+        stdin.write_all(url.as_bytes()).unwrap();
+    } else {
+        // Keep stdin open: the agent waits for a URL.
+        std::mem::forget(stdin);
+    }
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a stderr line containing `want`; returns every line seen.
+pub fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = line.contains(want);
+            seen.push(line);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("never saw {want:?}; got:\n{}", seen.join("\n"));
+}
+
+pub fn wait_exit(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("agent did not exit");
 }
 
 /// A finished run.

@@ -1,0 +1,147 @@
+//! SPEC 5 and 6: signals stop the run at any step, and cleanup always runs,
+//! even when a second signal arrives.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    app_manifest, manifest_for, sha256, spawn, tar, wait_exit, wait_for, Fixture, Member,
+};
+
+/// Whether `pid` is still running (not a zombie).
+fn alive(pid: i32) -> bool {
+    // SAFETY: probing with signal 0 sends nothing.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn a_second_signal_stops_the_failure_hooks_and_still_cleans_up() {
+    let fx = Fixture::new();
+    let pid_file = fx.path("failure-sleep.pid");
+    let url = fx.manifest(&app_manifest(
+        &fx,
+        &format!(
+            "commands:\n  pre:\n    - 'echo pre-$((1+1))-up; sleep 30'\n  failure:\n    - 'sleep 30 & echo $! > {p}; echo failure-$((1+1))-up; wait'\n",
+            p = fx.path("failure-sleep.pid").display()
+        ),
+    ));
+    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    wait_for(&rx, "pre-2-up");
+    signal(&child, libc::SIGTERM);
+    // Failure hook output passes through to stdout: wait for its pid file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| s.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "the failure hook never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    signal(&child, libc::SIGINT);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let lines = wait_for(&rx, "Done");
+    assert!(
+        lines.iter().any(|l| l.contains("Second signal")),
+        "{lines:?}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!alive(pid), "the failure hook's process group survived");
+    fx.assert_no_temp_files();
+}
+
+/// An archive with many small files: extracting it takes a while.
+fn many_files(n: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..n).map(|i| format!("d{}/f{i}", i % 100)).collect();
+    let members: Vec<Member> = names
+        .iter()
+        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
+        .collect();
+    tar(&members)
+}
+
+#[test]
+fn two_quick_signals_during_extraction_stop_it_and_remove_every_temp_file() {
+    let fx = Fixture::new();
+    fx.write("dest/keep.txt", "the release before");
+    let data = many_files(10_000);
+    fx.write("big.tar", &data);
+    let url = fx.manifest(&manifest_for(&fx, &fx.url("big.tar"), &sha256(&data), ""));
+    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    wait_for(&rx, "Extract archive");
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for(&rx, "Done");
+    fx.assert_no_temp_files();
+    let dest: Vec<_> = std::fs::read_dir(fx.dest()).unwrap().collect();
+    assert_eq!(dest.len(), 1, "dest untouched");
+}
+
+#[test]
+fn sigterm_during_rsync_stops_it_promptly() {
+    let fx = Fixture::new();
+    fx.write("dest/keep.txt", "the release before");
+    let data = many_files(10_000);
+    fx.write("big.tar", &data);
+    let url = fx.manifest(&manifest_for(&fx, &fx.url("big.tar"), &sha256(&data), ""));
+    let (mut child, rx) = spawn(&fx, Some(&url), &["--rsync-verbose", "-vv"]);
+    wait_for(&rx, "rsync [");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let lines = wait_for(&rx, "Done");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("rsync stopped: interrupted by signal")),
+        "{lines:?}"
+    );
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn a_signal_while_the_manifest_server_hangs_cancels_the_fetch() {
+    let fx = Fixture::new();
+    let server = common::http::Server::start();
+    let mut route = common::http::Route::ok(Vec::new());
+    route.hang = true;
+    let url = server.route("/m.yml", route);
+    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    wait_for(&rx, "Loading URL");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let lines = wait_for(&rx, "interrupted by signal");
+    assert!(
+        lines.iter().any(|l| l.contains("load manifest failed")),
+        "{lines:?}"
+    );
+}
