@@ -62,13 +62,8 @@ fn http_deploy_with_rsync_lands_files_modes_and_mtimes() {
     fx.assert_no_temp_files();
 }
 
-#[test]
-fn owners_are_kept_when_running_as_root() {
-    if !common::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let fx = Fixture::new();
+/// Deploys one member owned by 1234:2345 into the fixture's dest.
+fn deploy_owned_member(fx: &Fixture) -> String {
     let mut b = ::tar::Builder::new(Vec::new());
     let mut h = ::tar::Header::new_gnu();
     h.set_mode(0o640);
@@ -79,13 +74,38 @@ fn owners_are_kept_when_running_as_root() {
     b.append_data(&mut h, "owned.txt", &b"hi"[..]).unwrap();
     let data = b.into_inner().unwrap();
     fx.write("a.tar", &data);
-    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+    let log = fx
+        .deploy(&manifest_for(fx, &fx.url("a.tar"), &sha256(&data), ""))
         .ok();
     let meta = std::fs::metadata(fx.dest().join("owned.txt")).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o7777),
         (1234, 2345, 0o640)
     );
+    log
+}
+
+#[test]
+fn owners_are_kept_as_root_by_rsync_over_an_existing_tree() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    fx.write("dest/old.txt", "old");
+    let log = deploy_owned_member(&fx);
+    assert!(log.contains("rsync [-a --delete"), "{log}");
+}
+
+#[test]
+fn owners_are_kept_as_root_by_the_rename_into_a_fresh_dest() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    let log = deploy_owned_member(&fx);
+    assert!(log.contains("moved the extracted tree into place"), "{log}");
 }
 
 #[test]
@@ -152,6 +172,7 @@ fn every_compression_format_is_sniffed() {
     let raw = app_tar();
     let reference = {
         let fx = Fixture::new();
+        fx.write("dest/old.txt", "the release before");
         fx.write("a.tar", &raw);
         fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&raw), ""))
             .ok();
@@ -164,11 +185,13 @@ fn every_compression_format_is_sniffed() {
             ("multi", multi_member(&raw, compress)),
         ] {
             let fx = Fixture::new();
+            fx.write("dest/old.txt", "the release before");
             let file = format!("a.{name}");
             fx.write(&file, &data);
             let log = fx
                 .deploy(&manifest_for(&fx, &fx.url(&file), &sha256(&data), ""))
                 .ok();
+            assert!(log.contains("rsync [-a --delete"), "{log}");
             assert_eq!(tree(&fx.dest()), reference, "{name} {kind}: {log}");
         }
     }
@@ -262,9 +285,13 @@ fn symlinks_and_hard_links_inside_the_tree_are_deployed() {
         Member::HardLink("hard.txt", "real.txt"),
     ]);
     fx.write("a.tar", &data);
-    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+    fx.write("dest/old.txt", "the release before");
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
         .ok();
+    assert!(log.contains("rsync [-a --delete"), "{log}");
     let dest = fx.dest();
+    assert!(!dest.join("old.txt").exists());
     assert_eq!(
         std::fs::read_link(dest.join("link.txt")).unwrap().to_str(),
         Some("real.txt")
@@ -287,8 +314,7 @@ fn percent_encoded_file_urls_are_decoded() {
     assert!(fx.dest().join("index.html").exists());
 }
 
-/// The archive Go stretcher would extract with GNU tar: many small files
-/// (the parallel writers), files over 1 MiB (streamed), nested and
+/// An app-like archive: many small files, files over 1 MiB, nested and
 /// implicit directories, odd modes, symlinks, a repeated path, and with
 /// `hard_link` a hard link.
 fn varied_tar(hard_link: bool) -> Vec<u8> {
@@ -371,12 +397,21 @@ fn varied_tar(hard_link: bool) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Deploys `archive` with stretcher and as Go stretcher would (GNU tar,
-/// chmod 755, rsync -a --delete) into fresh dests; asserts the trees are
-/// the same and returns stretcher's log.
-fn assert_same_as_go_stretcher(archive: Vec<u8>) -> String {
+/// Deploys `archive` with stretcher and with the steps Go stretcher runs
+/// (GNU tar, chmod 755, rsync -a --delete) into dests that start as
+/// `populated` says; asserts the trees are the same and returns stretcher's
+/// log.
+fn assert_same_as_gnu_tar_and_rsync(archive: Vec<u8>, hard_link: bool, populated: bool) -> String {
     let data = gzip(&archive);
     let fx = Fixture::new();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    if populated {
+        fx.write("dest/old.txt", "the release before");
+        fx.write("expected/old.txt", "the release before");
+    }
     fx.write("v.tar.gz", &data);
     let log = fx
         .deploy(&manifest_for(&fx, &fx.url("v.tar.gz"), &sha256(&data), ""))
@@ -407,15 +442,25 @@ fn assert_same_as_go_stretcher(archive: Vec<u8>) -> String {
     assert!(ok.success());
 
     let (ours, gnu) = (tree(&fx.dest()), tree(&expected));
-    // Implicit directories get the time of extraction in both; so do, with
-    // GNU tar only, directories holding links (it creates links after
-    // setting directory times). Compare everything else.
+    // Directories the archive does not list (`dN/subM/`, `big/`) get the
+    // time of extraction from both: each must be no older than this test.
+    // GNU tar creates links after it sets directory times, so a directory
+    // holding a link (`d1/` a symlink; `d2/` a hard link, when there is
+    // one) gets the time of extraction there and the archive's time here.
+    // Every other mtime must be equal.
     let strip = |t: std::collections::BTreeMap<String, common::Node>| -> Vec<String> {
         t.into_iter()
             .map(|(k, (mode, mtime, data))| {
-                let implicit = k.ends_with('/') && k.contains("sub")
-                    || ["big/", "d1/", "d2/"].contains(&k.as_str());
-                let mtime = if implicit { 0 } else { mtime };
+                let implicit = k.ends_with('/') && k.contains("sub") || k == "big/";
+                let gnu_touches = k == "d1/" || (hard_link && k == "d2/");
+                let mtime = if implicit {
+                    assert!(mtime >= started, "{k}: mtime {mtime} is not the extraction time");
+                    0
+                } else if gnu_touches {
+                    0
+                } else {
+                    mtime
+                };
                 format!("{k} {mode:o} {mtime} {}", sha256(&data))
             })
             .collect()
@@ -433,12 +478,23 @@ fn assert_same_as_go_stretcher(archive: Vec<u8>) -> String {
 }
 
 #[test]
-fn dest_matches_go_stretchers_gnu_tar_and_rsync_byte_for_byte() {
-    // A hard link: rsync -a copies it apart, so rsync runs.
-    let log = assert_same_as_go_stretcher(varied_tar(true));
+fn rsync_over_an_existing_tree_matches_gnu_tar_and_rsync_byte_for_byte() {
+    for hard_link in [false, true] {
+        let log = assert_same_as_gnu_tar_and_rsync(varied_tar(hard_link), hard_link, true);
+        assert!(log.contains("rsync [-a --delete -v "), "{log}");
+    }
+}
+
+#[test]
+fn a_hard_link_keeps_rsync_for_a_fresh_dest_and_matches_gnu_tar_and_rsync() {
+    // rsync -a copies hard links apart, so rsync runs.
+    let log = assert_same_as_gnu_tar_and_rsync(varied_tar(true), true, false);
     assert!(log.contains("rsync [-a --delete -v "), "{log}");
-    // No hard link, empty dest: the tree is moved into place, same result.
-    let log = assert_same_as_go_stretcher(varied_tar(false));
+}
+
+#[test]
+fn the_rename_into_a_fresh_dest_matches_gnu_tar_and_rsync_byte_for_byte() {
+    let log = assert_same_as_gnu_tar_and_rsync(varied_tar(false), false, false);
     assert!(log.contains("moved the extracted tree into place"), "{log}");
     assert!(!log.contains("rsync ["), "{log}");
 }
