@@ -15,11 +15,45 @@ pub struct Event {
     pub source: Option<Source>,
 }
 
+/// Which kind of event a [`Source`] is. Each keeps its own Lamport clock,
+/// so the replay guard records them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// A `consul watch -type event` event: it has an ID.
+    Consul,
+    /// A Serf user event (`serf event`).
+    SerfEvent,
+    /// A Serf query (`serf query`).
+    SerfQuery,
+}
+
+impl System {
+    /// The name the replay guard records events under: `consul`, `serf`
+    /// (the name state files have always used for user events) or
+    /// `serf-query`.
+    pub fn key(self) -> &'static str {
+        match self {
+            System::Consul => "consul",
+            System::SerfEvent => "serf",
+            System::SerfQuery => "serf-query",
+        }
+    }
+
+    /// The name used in log lines: `consul`, `serf` or `serf query`.
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Consul => "consul",
+            System::SerfEvent => "serf",
+            System::SerfQuery => "serf query",
+        }
+    }
+}
+
 /// Identity of an event from Consul or Serf, for the replay guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// `consul` or `serf`.
-    pub system: &'static str,
+    /// Consul event, Serf user event or Serf query.
+    pub system: System,
     /// The event name (`deploy`).
     pub name: String,
     /// Consul's event ID; empty for Serf.
@@ -29,12 +63,14 @@ pub struct Source {
 }
 
 impl Source {
-    /// A short label for log lines: the Consul ID or `serf deploy@LTime`.
+    /// A short label for log lines: the Consul ID, `serf deploy@LTime` or
+    /// `serf query deploy@LTime`.
     pub fn label(&self) -> String {
+        let system = self.system.label();
         match (&self.id, self.ltime) {
             (id, _) if !id.is_empty() => id.clone(),
-            (_, Some(l)) => format!("{} {}@{l}", self.system, self.name),
-            _ => format!("{} {}", self.system, self.name),
+            (_, Some(l)) => format!("{system} {}@{l}", self.name),
+            _ => format!("{system} {}", self.name),
         }
     }
 }
@@ -46,9 +82,10 @@ pub struct Invocation {
     pub consul: bool,
     /// `SERF_EVENT` (`user`, `query`, …).
     pub serf_event: Option<String>,
-    /// `SERF_USER_EVENT` or `SERF_QUERY_NAME`.
+    /// `SERF_QUERY_NAME` for a query, else `SERF_USER_EVENT`.
     pub serf_name: Option<String>,
-    /// `SERF_USER_LTIME` or `SERF_QUERY_LTIME`.
+    /// `SERF_QUERY_LTIME` for a query, else `SERF_USER_LTIME`: the two
+    /// come from separate clocks.
     pub serf_ltime: Option<u64>,
 }
 
@@ -56,19 +93,32 @@ impl Invocation {
     /// Reads the variables `consul watch` and `serf agent` set for handlers.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let serf_event = var("SERF_EVENT");
+        let (name, ltime) = if serf_event.as_deref() == Some("query") {
+            ("SERF_QUERY_NAME", "SERF_QUERY_LTIME")
+        } else {
+            ("SERF_USER_EVENT", "SERF_USER_LTIME")
+        };
         Invocation {
             consul: std::env::var_os("CONSUL_INDEX").is_some(),
-            serf_event: var("SERF_EVENT"),
-            serf_name: var("SERF_USER_EVENT").or_else(|| var("SERF_QUERY_NAME")),
-            serf_ltime: var("SERF_USER_LTIME")
-                .or_else(|| var("SERF_QUERY_LTIME"))
-                .and_then(|v| v.parse().ok()),
+            serf_event,
+            serf_name: var(name),
+            serf_ltime: var(ltime).and_then(|v| v.parse().ok()),
         }
     }
 
     /// True for a `serf query` handler, whose stdout is the query response.
     pub fn is_serf_query(&self) -> bool {
         self.serf_event.as_deref() == Some("query")
+    }
+
+    /// The kind of Serf event this handler was given: a query or a user event.
+    fn serf_system(&self) -> System {
+        if self.is_serf_query() {
+            System::SerfQuery
+        } else {
+            System::SerfEvent
+        }
     }
 }
 
@@ -119,7 +169,7 @@ pub async fn read_event<R: AsyncBufRead + Unpin>(mut input: R, how: &Invocation)
         bail!("empty manifest URL on stdin");
     }
     let source = how.serf_name.as_ref().map(|name| Source {
-        system: "serf",
+        system: how.serf_system(),
         name: name.clone(),
         id: String::new(),
         ltime: how.serf_ltime,
@@ -153,7 +203,7 @@ fn parse_consul(json: &[u8]) -> Result<Event> {
     Ok(Event {
         url: url.to_string(),
         source: Some(Source {
-            system: "consul",
+            system: System::Consul,
             name: last.name.clone(),
             id: last.id.clone(),
             ltime: last.ltime,
@@ -196,6 +246,29 @@ mod tests {
         assert_eq!(ev.url, "second");
         let source = ev.source.unwrap();
         assert_eq!((source.id.as_str(), source.ltime), ("b", Some(2)));
+    }
+
+    #[tokio::test]
+    async fn serf_user_events_and_queries_are_told_apart() {
+        for (serf_event, system, label) in [
+            (Some("user"), System::SerfEvent, "serf deploy@7"),
+            (None, System::SerfEvent, "serf deploy@7"),
+            (Some("query"), System::SerfQuery, "serf query deploy@7"),
+        ] {
+            let how = Invocation {
+                serf_event: serf_event.map(str::to_string),
+                serf_name: Some("deploy".into()),
+                serf_ltime: Some(7),
+                ..Invocation::default()
+            };
+            let source = read_event(&b"file:///m.yml\n"[..], &how)
+                .await
+                .unwrap()
+                .source
+                .unwrap();
+            assert_eq!(source.system, system, "{serf_event:?}");
+            assert_eq!(source.label(), label);
+        }
     }
 
     #[tokio::test]

@@ -1,27 +1,125 @@
-//! The replay guard (`--state-dir`): remembers the last deployed event per
-//! event source and name, and what each dest last received. `consul watch`
-//! hands its handler the whole recent event list on start, reload and
-//! restart; with this, only a newer event deploys.
+//! The replay guard (`--state-dir`): remembers which events were deployed,
+//! per event source and name, and what each dest last received. `consul
+//! watch` hands its handler the whole recent event list on start, reload and
+//! restart; with this, an event already deployed is skipped.
+//!
+//! "Already deployed" (SPEC 8.4): a Consul event whose ID is among the IDs
+//! recently deployed under its name (a rebuilt cluster makes new IDs with
+//! low LTimes, and those deploy); a Serf user event or query whose LTime is
+//! not above the recorded one for its name, unless it is so far below that
+//! Serf could not be replaying it (the cluster's clock was reset). User
+//! events and queries have separate clocks and are recorded apart.
 
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::Source;
+use crate::event::{Source, System};
 
 const FILE: &str = "state.json";
+const LOCK: &str = "state.lock";
 
-/// The last deployed event of one source and name.
+/// Deployed Consul event IDs kept per event name: more than the 256 events
+/// Consul's event buffer can hand back on a replay.
+const RECENT_IDS: usize = 300;
+
+/// Serf's event and query buffers hold this many LTimes: Serf never
+/// replays an event further back than that, so an LTime lower than the
+/// recorded one by more than this comes from a reset clock.
+const SERF_BUFFER: u64 = 512;
+
+/// What the guard remembers of one event source and name.
+///
+/// State files written before `recent_ids` existed hold only `id` and
+/// `ltime`; on reading, a Consul record's `id` becomes its one recent ID.
+/// `id` and `ltime` are still written, so older versions keep reading them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deployed {
-    /// Consul event ID (empty for Serf).
+    /// The last deployed event's Consul ID (empty for Serf).
     #[serde(default)]
     pub id: String,
-    /// Lamport time, when the source gave one.
+    /// Consul: the last deployed event's LTime. Serf: the highest LTime
+    /// deployed on the current clock, which later events are compared with.
     #[serde(default)]
     pub ltime: Option<u64>,
+    /// Consul: the IDs of recently deployed events, oldest first, at most
+    /// [`RECENT_IDS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_ids: Vec<String>,
+}
+
+/// What the replay guard makes of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not deployed before: deploy it.
+    New,
+    /// Already deployed: skip it.
+    Replay,
+    /// A Serf LTime too far below the `recorded` one to be a replay: the
+    /// cluster's clock was reset, so deploy it.
+    ClockReset {
+        /// The LTime recorded for the event's name.
+        recorded: u64,
+    },
+}
+
+impl Deployed {
+    /// Decides whether `source` was already deployed, given this record of
+    /// its source and name.
+    pub fn judge(&self, source: &Source) -> Verdict {
+        match source.system {
+            System::Consul => {
+                if !source.id.is_empty() && self.recent_ids.contains(&source.id) {
+                    Verdict::Replay
+                } else {
+                    Verdict::New
+                }
+            }
+            System::SerfEvent | System::SerfQuery => match (source.ltime, self.ltime) {
+                (Some(now), Some(then)) if now > then => Verdict::New,
+                (Some(now), Some(then)) if then - now > SERF_BUFFER => {
+                    Verdict::ClockReset { recorded: then }
+                }
+                (Some(_), Some(_)) => Verdict::Replay,
+                _ => Verdict::New,
+            },
+        }
+    }
+
+    /// Notes that `source` deployed.
+    pub fn note(&mut self, source: &Source) {
+        match source.system {
+            System::Consul => {
+                if source.id.is_empty() {
+                    return;
+                }
+                self.recent_ids.retain(|id| *id != source.id);
+                self.recent_ids.push(source.id.clone());
+                let excess = self.recent_ids.len().saturating_sub(RECENT_IDS);
+                self.recent_ids.drain(..excess);
+                self.id = source.id.clone();
+                self.ltime = source.ltime;
+            }
+            System::SerfEvent | System::SerfQuery => {
+                let Some(now) = source.ltime else { return };
+                // A forced redeploy of an older event keeps the newer
+                // reading; an event from a reset clock starts over.
+                if self.judge(source) != Verdict::Replay {
+                    self.ltime = Some(now);
+                }
+            }
+        }
+    }
+
+    /// Upgrades a record read from an older state file.
+    fn migrate(&mut self) {
+        if self.recent_ids.is_empty() && !self.id.is_empty() {
+            self.recent_ids.push(self.id.clone());
+        }
+    }
 }
 
 /// What a dest last received.
@@ -51,8 +149,10 @@ pub struct StateDir {
     dir: PathBuf,
 }
 
+/// The record name of an event: `consul:deploy`, `serf:deploy` or
+/// `serf-query:deploy`.
 fn key(source: &Source) -> String {
-    format!("{}:{}", source.system, source.name)
+    format!("{}:{}", source.system.key(), source.name)
 }
 
 impl StateDir {
@@ -67,38 +167,63 @@ impl StateDir {
 
     fn load(&self) -> Result<State> {
         let path = self.dir.join(FILE);
-        match std::fs::read(&path) {
+        let mut state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading state file {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
-        }
+                .with_context(|| format!("reading state file {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading state file {}", path.display()))
+            }
+        };
+        state.events.values_mut().for_each(Deployed::migrate);
+        Ok(state)
     }
 
-    /// True when `source` is the same event as, or older than, the last one
-    /// deployed from the same system and event name.
+    /// Takes the state dir's lock, so that one run at a time reads, changes
+    /// and writes the state file; released when the file is dropped.
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join(LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    }
+
+    /// True when `source` was already deployed (see the module docs). Logs
+    /// when a Serf event deploys because the cluster's clock was reset.
     pub fn already_deployed(&self, source: &Source) -> Result<bool> {
         let state = self.load()?;
-        let Some(last) = state.events.get(&key(source)) else {
+        let Some(recorded) = state.events.get(&key(source)) else {
             return Ok(false);
         };
-        Ok(match (source.ltime, last.ltime) {
-            (Some(now), Some(then)) => now <= then,
-            _ => !source.id.is_empty() && source.id == last.id,
+        Ok(match recorded.judge(source) {
+            Verdict::New => false,
+            Verdict::Replay => true,
+            Verdict::ClockReset { recorded } => {
+                log::info!(
+                    "Serf LTime {} is far below the recorded {recorded} for {}: \
+                     the cluster's clock was reset; deploying",
+                    source.ltime.unwrap_or_default(),
+                    source.name
+                );
+                false
+            }
         })
     }
 
-    /// Records a successful deploy, atomically (write to a temp file, rename).
+    /// Records a successful deploy. Runs take turns on the state dir's lock
+    /// to read, change and write the state file, so none loses another's
+    /// record; the write is atomic (a temp file renamed over the old one).
     pub fn record(&self, source: Option<&Source>, dest: &str, record: DestRecord) -> Result<()> {
+        let _lock = self.lock()?;
         let mut state = self.load()?;
         if let Some(source) = source {
-            state.events.insert(
-                key(source),
-                Deployed {
-                    id: source.id.clone(),
-                    ltime: source.ltime,
-                },
-            );
+            state.events.entry(key(source)).or_default().note(source);
         }
         if !dest.is_empty() {
             state.dests.insert(dest.to_string(), record);
@@ -129,27 +254,182 @@ mod tests {
 
     fn consul(id: &str, ltime: u64) -> Source {
         Source {
-            system: "consul",
+            system: System::Consul,
             name: "deploy".into(),
             id: id.into(),
             ltime: Some(ltime),
         }
     }
 
+    fn serf(system: System, ltime: Option<u64>) -> Source {
+        Source {
+            system,
+            name: "deploy".into(),
+            id: String::new(),
+            ltime,
+        }
+    }
+
+    fn consul_record(ids: &[&str]) -> Deployed {
+        let mut record = Deployed::default();
+        for (ltime, id) in (1..).zip(ids) {
+            record.note(&consul(id, ltime));
+        }
+        record
+    }
+
+    fn serf_record(ltime: u64) -> Deployed {
+        Deployed {
+            ltime: Some(ltime),
+            ..Deployed::default()
+        }
+    }
+
     #[test]
-    fn only_newer_events_deploy() {
+    fn consul_events_are_replays_when_their_id_was_deployed() {
+        use Verdict::*;
+        let ids = consul_record(&["a", "b", "c"]);
+        for (record, event, want) in [
+            (&ids, consul("c", 3), Replay),
+            (&ids, consul("a", 1), Replay),
+            (&ids, consul("d", 4), New),
+            // A rebuilt cluster: new IDs, low LTimes.
+            (&ids, consul("z", 1), New),
+            (&ids, consul("", 2), New),
+            (&Deployed::default(), consul("a", 1), New),
+        ] {
+            assert_eq!(record.judge(&event), want, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn serf_ltimes_are_replays_unless_newer_or_from_a_reset_clock() {
+        use Verdict::*;
+        for system in [System::SerfEvent, System::SerfQuery] {
+            for (recorded, ltime, want) in [
+                (Some(10), Some(11), New),
+                (Some(10), Some(10), Replay),
+                (Some(10), Some(1), Replay),
+                (Some(600), Some(88), Replay),
+                (Some(600), Some(87), ClockReset { recorded: 600 }),
+                (Some(2000), Some(3), ClockReset { recorded: 2000 }),
+                (Some(10), None, New),
+                (None, Some(1), New),
+            ] {
+                let record = Deployed {
+                    ltime: recorded,
+                    ..Deployed::default()
+                };
+                let event = serf(system, ltime);
+                assert_eq!(record.judge(&event), want, "{recorded:?} {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn noting_a_deploy_moves_the_record_on() {
+        use Verdict::*;
+        for (mut record, event, want_ltime, then) in [
+            (
+                serf_record(10),
+                serf(System::SerfEvent, Some(11)),
+                Some(11),
+                Replay,
+            ),
+            // --force on an older event keeps the newer reading.
+            (
+                serf_record(10),
+                serf(System::SerfEvent, Some(4)),
+                Some(10),
+                Replay,
+            ),
+            // A reset clock starts over.
+            (
+                serf_record(2000),
+                serf(System::SerfQuery, Some(3)),
+                Some(3),
+                Replay,
+            ),
+            // Without an LTime, nothing to record or compare.
+            (
+                serf_record(10),
+                serf(System::SerfEvent, None),
+                Some(10),
+                New,
+            ),
+            (Deployed::default(), consul("a", 7), Some(7), Replay),
+            (consul_record(&["a", "b"]), consul("z", 1), Some(1), Replay),
+            (consul_record(&["a", "b"]), consul("", 9), Some(2), New),
+        ] {
+            record.note(&event);
+            assert_eq!(record.ltime, want_ltime, "{event:?}");
+            assert_eq!(record.judge(&event), then, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn recent_consul_ids_are_bounded_and_redeploys_move_to_the_end() {
+        let names: Vec<String> = (0..RECENT_IDS + 5).map(|i| format!("e{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut record = consul_record(&refs);
+        assert_eq!(record.recent_ids.len(), RECENT_IDS);
+        assert_eq!(record.judge(&consul("e4", 5)), Verdict::New);
+        assert_eq!(record.judge(&consul("e5", 6)), Verdict::Replay);
+        record.note(&consul("e5", 6));
+        assert_eq!(record.recent_ids.len(), RECENT_IDS);
+        assert_eq!(record.recent_ids.last().map(String::as_str), Some("e5"));
+        assert_eq!(record.id, "e5");
+    }
+
+    #[test]
+    fn state_files_of_the_previous_format_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            r#"{"events":{"consul:deploy":{"id":"e1","ltime":7},
+                          "serf:deploy":{"id":"","ltime":10}},"dests":{}}"#,
+        )
+        .unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(state.already_deployed(&consul("e1", 7)).unwrap());
+        assert!(!state.already_deployed(&consul("e0", 3)).unwrap());
+        assert!(state
+            .already_deployed(&serf(System::SerfEvent, Some(10)))
+            .unwrap());
+        assert!(!state
+            .already_deployed(&serf(System::SerfQuery, Some(10)))
+            .unwrap());
+
+        state
+            .record(Some(&consul("e2", 8)), "", DestRecord::default())
+            .unwrap();
+        assert!(state.already_deployed(&consul("e1", 7)).unwrap());
+        assert!(state.already_deployed(&consul("e2", 8)).unwrap());
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        let consul = &written["events"]["consul:deploy"];
+        assert_eq!(
+            consul["id"], "e2",
+            "older versions still read id: {written}"
+        );
+        assert_eq!(consul["recent_ids"], serde_json::json!(["e1", "e2"]));
+    }
+
+    #[test]
+    fn user_events_and_queries_are_recorded_apart() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        assert!(!state.already_deployed(&consul("a", 5)).unwrap());
+        let user = serf(System::SerfEvent, Some(10));
         state
-            .record(Some(&consul("a", 5)), "/srv/app", DestRecord::default())
+            .record(Some(&user), "/srv/app", DestRecord::default())
             .unwrap();
-        assert!(state.already_deployed(&consul("a", 5)).unwrap());
-        assert!(state.already_deployed(&consul("old", 4)).unwrap());
-        assert!(!state.already_deployed(&consul("b", 6)).unwrap());
+        assert!(state.already_deployed(&user).unwrap());
+        assert!(!state
+            .already_deployed(&serf(System::SerfQuery, Some(2)))
+            .unwrap());
         let other = Source {
             name: "other".into(),
-            ..consul("c", 1)
+            ..user
         };
         assert!(!state.already_deployed(&other).unwrap());
     }

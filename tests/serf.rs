@@ -38,6 +38,12 @@ fn serf(args: &[&str]) -> Output {
 
 impl Cluster {
     fn start(fx: &Fixture) -> Cluster {
+        Self::start_with(fx, false)
+    }
+
+    /// Like [`Cluster::start`]; with `state_dir`, each node's handler runs
+    /// with `--state-dir <node home>/state`, as examples/serf/serf.json does.
+    fn start_with(fx: &Fixture, state_dir: bool) -> Cluster {
         let mut cluster = Cluster { agents: Vec::new() };
         let mut first_bind = String::new();
         for i in 1..=3 {
@@ -45,7 +51,11 @@ impl Cluster {
             std::fs::create_dir_all(home.join("tmp")).unwrap();
             let bind = format!("127.0.0.1:{}", free_port());
             let rpc = format!("127.0.0.1:{}", free_port());
-            let handler = bin().to_string();
+            let handler = if state_dir {
+                format!("{} --state-dir {}", bin(), home.join("state").display())
+            } else {
+                bin().to_string()
+            };
             let mut cmd = Command::new("serf");
             cmd.arg("agent")
                 .arg(format!("-node=node{i}"))
@@ -188,4 +198,33 @@ fn query(cluster: &Cluster, url: &str) -> Vec<(String, String)> {
         .collect();
     responses.sort();
     responses
+}
+
+#[test]
+fn with_a_state_dir_a_query_after_user_events_still_deploys() {
+    let fx = Fixture::new();
+    let cluster = Cluster::start_with(&fx, true);
+    let url = cluster_manifest(&fx, "app.yml", None);
+
+    // A few user events move the user-event clock past the query clock.
+    for _ in 0..3 {
+        let out = serf(&["event", &cluster.rpc(), "-coalesce=false", "deploy", &url]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(Duration::from_secs(30), || {
+        cluster
+            .agents
+            .iter()
+            .all(|a| a.dest.join("index.html").exists())
+    });
+
+    let responses = query(&cluster, &url);
+    assert_eq!(responses.len(), 3, "{responses:?}");
+    for (node, answer) in &responses {
+        assert!(answer.starts_with("ok "), "{node}: {answer:?}");
+    }
 }

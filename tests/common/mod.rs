@@ -93,6 +93,23 @@ impl Fixture {
     }
 
     fn run_program(&self, program: &str, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let child = self.spawn_program(program, stdin, args, env);
+        Run(child.wait_with_output().unwrap())
+    }
+
+    /// Starts the agent like [`Fixture::run`] without waiting for it: stdin
+    /// is written and closed, stdout and stderr are piped.
+    pub fn spawn(&self, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+        self.spawn_program(bin(), stdin, args, env)
+    }
+
+    fn spawn_program(
+        &self,
+        program: &str,
+        stdin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Child {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.root.path())
@@ -100,6 +117,9 @@ impl Fixture {
             .env_remove("CONSUL_INDEX")
             .env_remove("SERF_USER_EVENT")
             .env_remove("SERF_EVENT")
+            .env_remove("SERF_USER_LTIME")
+            .env_remove("SERF_QUERY_NAME")
+            .env_remove("SERF_QUERY_LTIME")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("STORAGE_EMULATOR_HOST")
@@ -113,7 +133,7 @@ impl Fixture {
         let mut input = child.stdin.take().unwrap();
         let _ = input.write_all(stdin.as_bytes());
         drop(input);
-        Run(child.wait_with_output().unwrap())
+        child
     }
 
     /// Like [`Fixture::run`], but as the unprivileged user `nobody` when the
