@@ -410,8 +410,13 @@ fn concurrent_runs_on_different_dests_lose_no_state_record() {
     std::fs::create_dir(&barrier).unwrap();
     // Every run's post hook waits for all the others', so all of them record
     // their deploy at about the same moment.
+    // Dests that hold a release already: each run locks its own dest, so the
+    // runs go side by side (first deploys would take turns on the parent).
     let dests: Vec<String> = (0..RUNS)
-        .map(|i| fx.path(&format!("dest{i}")).display().to_string())
+        .map(|i| {
+            fx.write(&format!("dest{i}/old.txt"), "old");
+            fx.path(&format!("dest{i}")).display().to_string()
+        })
         .collect();
     let children: Vec<_> = (0..RUNS)
         .map(|i| {
