@@ -117,3 +117,19 @@ fn invalid_strategy_and_checksum_length_fail_before_download() {
         "checksum must be an md5, sha1, sha256 or sha512 hex string",
     );
 }
+
+#[test]
+fn an_all_digit_checksum_is_read_as_written_not_as_a_number() {
+    let fx = Fixture::new();
+    let data = gzip(&app_tar());
+    fx.write("app.tar.gz", &data);
+    // Leading zeros and more digits than any integer: only the text is right.
+    let digits = format!("0{}", "1234567890".repeat(7)).chars().take(64).collect::<String>();
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("app.tar.gz"), &digits, ""))
+        .failed();
+    assert!(
+        log.contains(&format!("checksum mismatch. expected:{digits} got:{}", sha256(&data))),
+        "{log}"
+    );
+}

@@ -119,9 +119,10 @@ fn s3_errors_name_bucket_key_and_cause() {
             line.contains("src failed:") && line.contains(want),
             "{line}"
         );
-        assert!(
-            !log.contains("Try again"),
-            "not-found is not retried: {log}"
+        assert_eq!(
+            log.matches("Try again").count(),
+            2,
+            "a missing key or bucket is retried, as Go stretcher does: {log}"
         );
         fx.assert_no_temp_files();
     }
@@ -222,4 +223,25 @@ fn gcs_missing_object_and_bucket_are_errors() {
             "{log}"
         );
     }
+}
+
+#[test]
+fn s3_key_uploaded_while_the_agent_retries_deploys() {
+    let moto = Moto::start(None);
+    moto.create_bucket("racing");
+    let fx = Fixture::new();
+    let data = gzip(&app_tar());
+    let url = fx.manifest(&manifest(&fx, "s3://racing/app.tar.gz", &sha256(&data)));
+    let env = moto.env();
+    let log = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            moto.put("racing", "app.tar.gz", data.clone());
+        });
+        fx.run(&url, &["--retry", "10", "--retry-wait", "500ms"], &env_refs(&env))
+            .ok()
+    });
+    assert!(log.contains("s3://racing/app.tar.gz: no such key"), "{log}");
+    assert!(log.contains("Try again"), "{log}");
+    assert!(fx.dest().join("index.html").exists());
 }
