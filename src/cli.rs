@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
+use crate::signature::{Policy, TrustedKey};
 use crate::units::{parse_bytes, parse_duration};
 
 #[derive(Parser, Debug)]
@@ -60,6 +61,22 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     lock_timeout: Option<Duration>,
 
+    /// Only deploy manifests signed with this minisign public key (the base64 line of its .pub file); repeatable, for key rollover
+    #[arg(long = "verify-key", value_name = "KEY", value_parser = TrustedKey::from_base64)]
+    verify_keys: Vec<TrustedKey>,
+
+    /// Like --verify-key, with the key read from a minisign .pub file; repeatable
+    #[arg(long = "verify-key-file", value_name = "PATH", value_parser = key_file)]
+    verify_key_files: Vec<TrustedKey>,
+
+    /// Deploy a signed manifest even if it was signed earlier than the one last deployed to its dest (--state-dir)
+    #[arg(long)]
+    allow_downgrade: bool,
+
+    /// Refuse manifest signatures whose timestamp is older than this (0 = no limit)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    max_signature_age: Option<Duration>,
+
     /// Show version and exit
     #[arg(short = 'v', long)]
     version: bool,
@@ -87,6 +104,9 @@ pub struct Config {
     pub force: bool,
     /// Bound on waiting for the dest lock.
     pub lock_timeout: Option<Duration>,
+    /// What manifest signatures must satisfy (SPEC 8.5); `None` without
+    /// `--verify-key` or `--verify-key-file`, as upstream.
+    pub signatures: Option<Policy>,
 }
 
 /// The outcome of parsing the command line.
@@ -163,6 +183,32 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     if args.version {
         return Command::Version;
     }
+    let keys: Vec<TrustedKey> = args
+        .verify_keys
+        .into_iter()
+        .chain(args.verify_key_files)
+        .collect();
+    let signatures = if keys.is_empty() {
+        let orphan = [
+            (args.allow_downgrade, "--allow-downgrade"),
+            (args.max_signature_age.is_some(), "--max-signature-age"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = orphan {
+            return Command::Exit {
+                text: format!("error: {flag} needs --verify-key or --verify-key-file"),
+                code: 1,
+            };
+        }
+        None
+    } else {
+        Some(Policy {
+            keys,
+            allow_downgrade: args.allow_downgrade,
+            max_age: args.max_signature_age.filter(|d| !d.is_zero()),
+        })
+    };
     Command::Run(Config {
         max_bandwidth: args.max_bandwidth,
         // Go: `if Timeout != 0`; a zero timeout means none.
@@ -174,7 +220,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         state_dir: args.state_dir,
         force: args.force,
         lock_timeout: args.lock_timeout,
+        signatures,
     })
+}
+
+/// `--verify-key-file`'s value: a minisign `.pub` file.
+fn key_file(path: &str) -> Result<TrustedKey, String> {
+    TrustedKey::from_file(std::path::Path::new(path))
 }
 
 #[cfg(test)]
@@ -222,6 +274,67 @@ mod tests {
             panic!("not a run");
         };
         assert_eq!(config.timeout, Some(Duration::from_secs(30)));
+    }
+
+    const KEY: &str = "RWQN77ZpWCrGH1pFNneNqzFknN7Z4R9MESXPXUW9TCkAzYk4nVx9eTGR";
+
+    #[test]
+    fn verify_keys_make_a_signature_policy() {
+        let Command::Run(config) = parse(os(&["stretcher"])) else {
+            panic!("not a run");
+        };
+        assert!(config.signatures.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.pub");
+        std::fs::write(
+            &file,
+            "untrusted comment: minisign public key BD2ABCB82DBD4AA0\n\
+             RWSgSr0tuLwqvU/KYDJtizuz0x6GbmzSiHmv8PALN4yrG9r2RIRMLkP2\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let args = [
+            "stretcher",
+            "-verify-key",
+            KEY,
+            "--verify-key-file",
+            &file,
+            "--max-signature-age=1h",
+            "--allow-downgrade",
+        ];
+        let Command::Run(config) = parse(os(&args)) else {
+            panic!("not a run");
+        };
+        let policy = config.signatures.unwrap();
+        let ids: Vec<&str> = policy.keys.iter().map(|k| k.id()).collect();
+        assert_eq!(ids, ["1FC62A5869B6EF0D", "BD2ABCB82DBD4AA0"]);
+        assert!(policy.allow_downgrade);
+        assert_eq!(policy.max_age, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn bad_keys_and_orphan_signature_flags_are_one_line_errors() {
+        for (args, flag) in [
+            (vec!["--verify-key", "RWQbogus"], "--verify-key"),
+            (
+                vec!["--verify-key-file", "/nonexistent.pub"],
+                "--verify-key-file",
+            ),
+            (vec!["--allow-downgrade"], "--allow-downgrade"),
+            (vec!["--max-signature-age", "1h"], "--max-signature-age"),
+            (
+                vec!["--verify-key", KEY, "--max-signature-age", "x"],
+                "--max-signature-age",
+            ),
+        ] {
+            let mut full = vec!["stretcher"];
+            full.extend(&args);
+            let Command::Exit { text, code } = parse(os(&full)) else {
+                panic!("{args:?}: not an exit");
+            };
+            assert_eq!(code, 1, "{args:?}");
+            assert!(text.contains(flag) && !text.contains('\n'), "{text}");
+        }
     }
 
     #[test]

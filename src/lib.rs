@@ -14,6 +14,7 @@ pub mod log;
 pub mod manifest;
 pub mod query;
 pub mod scratch;
+pub mod signature;
 pub mod source;
 pub mod state;
 pub mod step;
@@ -109,19 +110,11 @@ async fn run_logged(
             }
         }
         ::log::info!("Loading manifest: {}", event.url);
-        let manifest = cancellable(
-            cancel,
-            with_timeout(config.timeout, &event.url, async {
-                Manifest::parse(&source::read_to_string(&event.url).await?)
-            }),
-        )
-        .await
-        .context("load manifest failed")
-        .at(Step::Manifest)?;
+        let (manifest, signed) = load_manifest(config, &event.url, state.as_ref(), cancel).await?;
         ::log::info!("Executing manifest {}", event.url);
-        Ok(Ok((event, state, manifest)))
+        Ok(Ok((event, state, manifest, signed)))
     };
-    let (event, state, manifest) = match before_deploy.await {
+    let (event, state, manifest, signed) = match before_deploy.await {
         Ok(Ok(found)) => found,
         Ok(Err(skipped)) => return Ok(skipped),
         Err(failure) => {
@@ -146,7 +139,11 @@ async fn run_logged(
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
-            if let Some(Err(e)) = state.as_ref().map(|s| record(s, &event, &manifest)) {
+            let signed_at = signed.and_then(|s| s.signed_at);
+            if let Some(Err(e)) = state
+                .as_ref()
+                .map(|s| record(s, &event, &manifest, signed_at))
+            {
                 ::log::info!("could not record the deploy in the state dir: {e:#}");
             }
             (Phase::Success, &manifest.commands.success)
@@ -166,14 +163,56 @@ async fn run_logged(
     })
 }
 
-fn record(state: &StateDir, event: &Event, m: &Manifest) -> Result<()> {
+fn record(state: &StateDir, event: &Event, m: &Manifest, signed_at: Option<u64>) -> Result<()> {
     let entry = state::DestRecord {
         manifest: event.url.clone(),
         checksum: m.checksum.clone(),
         event: event.source.as_ref().map(|s| s.label()),
         deployed_at: chrono::Utc::now().to_rfc3339(),
+        signed_at,
     };
     state.record(event.source.as_ref(), &m.dest, entry)
+}
+
+/// Fetches and parses the manifest. With `--verify-key`, its raw bytes are
+/// first checked against `<url>.minisig` (fetched under the same timeout and
+/// the download's retry policy), and once its `dest` is known, against the
+/// signature time of the last deploy there (SPEC 8.5).
+async fn load_manifest(
+    config: &Config,
+    url: &str,
+    state: Option<&StateDir>,
+    cancel: &CancellationToken,
+) -> Result<(Manifest, Option<signature::Verified>), Failure> {
+    let text = cancellable(
+        cancel,
+        with_timeout(config.timeout, url, source::read_to_string(url)),
+    )
+    .await
+    .context("load manifest failed")
+    .at(Step::Manifest)?;
+    let Some(policy) = &config.signatures else {
+        let manifest = Manifest::parse(&text).context("load manifest failed");
+        return Ok((manifest.at(Step::Manifest)?, None));
+    };
+    let sig_url = signature::url_for(url);
+    let sig = signature::fetch(&sig_url, config.retry, config.retry_wait);
+    let sig = cancellable(cancel, with_timeout(config.timeout, &sig_url, sig))
+        .await
+        .at(Step::Manifest)?;
+    let signed = policy
+        .verify(&sig_url, text.as_bytes(), &sig)
+        .at(Step::Manifest)?;
+    let manifest = Manifest::parse(&text)
+        .context("load manifest failed")
+        .at(Step::Manifest)?;
+    if let (Some(state), false) = (state, manifest.dest.is_empty()) {
+        let last = state.dest_record(&manifest.dest).at(Step::Manifest)?;
+        policy
+            .check_downgrade(&signed, &manifest.dest, last.and_then(|r| r.signed_at))
+            .at(Step::Manifest)?;
+    }
+    Ok((manifest, Some(signed)))
 }
 
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,

@@ -134,6 +134,11 @@ pub struct DestRecord {
     pub event: Option<String>,
     /// RFC 3339 time of the deploy.
     pub deployed_at: String,
+    /// The `timestamp:` (Unix seconds) of the manifest's signature, when
+    /// it was signed (SPEC 8.5): a manifest signed earlier is a downgrade.
+    /// Absent from files written before signatures were checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -214,6 +219,11 @@ impl StateDir {
                 false
             }
         })
+    }
+
+    /// What `dest` last received, if a deploy to it was recorded.
+    pub fn dest_record(&self, dest: &str) -> Result<Option<DestRecord>> {
+        Ok(self.load()?.dests.remove(dest))
     }
 
     /// Records a successful deploy. Runs take turns on the state dir's lock
@@ -413,6 +423,28 @@ mod tests {
             "older versions still read id: {written}"
         );
         assert_eq!(consul["recent_ids"], serde_json::json!(["e1", "e2"]));
+    }
+
+    #[test]
+    fn dest_records_keep_the_signature_time_and_older_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            r#"{"events":{},"dests":{"/srv/app":{"manifest":"file:///m.yml",
+                "checksum":"ab","event":null,"deployed_at":"2024-01-01T00:00:00+00:00"}}}"#,
+        )
+        .unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let old = state.dest_record("/srv/app").unwrap().unwrap();
+        assert_eq!((old.checksum.as_str(), old.signed_at), ("ab", None));
+        assert_eq!(state.dest_record("/srv/other").unwrap(), None);
+
+        let signed = DestRecord {
+            signed_at: Some(1_700_000_000),
+            ..old
+        };
+        state.record(None, "/srv/app", signed.clone()).unwrap();
+        assert_eq!(state.dest_record("/srv/app").unwrap(), Some(signed));
     }
 
     #[test]

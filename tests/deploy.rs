@@ -454,7 +454,10 @@ fn assert_same_as_gnu_tar_and_rsync(archive: Vec<u8>, hard_link: bool, populated
                 let implicit = k.ends_with('/') && k.contains("sub") || k == "big/";
                 let gnu_touches = k == "d1/" || (hard_link && k == "d2/");
                 let mtime = if implicit {
-                    assert!(mtime >= started, "{k}: mtime {mtime} is not the extraction time");
+                    assert!(
+                        mtime >= started,
+                        "{k}: mtime {mtime} is not the extraction time"
+                    );
                     0
                 } else if gnu_touches {
                     0

@@ -124,12 +124,18 @@ fn an_all_digit_checksum_is_read_as_written_not_as_a_number() {
     let data = gzip(&app_tar());
     fx.write("app.tar.gz", &data);
     // Leading zeros and more digits than any integer: only the text is right.
-    let digits = format!("0{}", "1234567890".repeat(7)).chars().take(64).collect::<String>();
+    let digits = format!("0{}", "1234567890".repeat(7))
+        .chars()
+        .take(64)
+        .collect::<String>();
     let log = fx
         .deploy(&manifest_for(&fx, &fx.url("app.tar.gz"), &digits, ""))
         .failed();
     assert!(
-        log.contains(&format!("checksum mismatch. expected:{digits} got:{}", sha256(&data))),
+        log.contains(&format!(
+            "checksum mismatch. expected:{digits} got:{}",
+            sha256(&data)
+        )),
         "{log}"
     );
 }

@@ -238,8 +238,12 @@ fn s3_key_uploaded_while_the_agent_retries_deploys() {
             std::thread::sleep(std::time::Duration::from_millis(1500));
             moto.put("racing", "app.tar.gz", data.clone());
         });
-        fx.run(&url, &["--retry", "10", "--retry-wait", "500ms"], &env_refs(&env))
-            .ok()
+        fx.run(
+            &url,
+            &["--retry", "10", "--retry-wait", "500ms"],
+            &env_refs(&env),
+        )
+        .ok()
     });
     assert!(log.contains("s3://racing/app.tar.gz: no such key"), "{log}");
     assert!(log.contains("Try again"), "{log}");
