@@ -62,7 +62,8 @@ impl TrustedKey {
         }
     }
 
-    /// The key ID as minisign prints it (`1A2C24222A53F781`).
+    /// The key ID as minisign prints it (`1A2C24222A53F781`; no leading
+    /// zeros).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -235,13 +236,14 @@ fn verify(keys: &[TrustedKey], url: &str, manifest: &[u8], text: &str) -> Result
 }
 
 /// The key ID in a base64 minisign key or signature line: bytes 2..10,
-/// little-endian, printed as minisign does.
+/// little-endian, printed as minisign prints it in a `.pub` file's comment
+/// and its errors (upper-case hex, no leading zeros).
 fn key_id(base64_line: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(base64_line.trim())
         .ok()?;
     let id: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
-    Some(format!("{:016X}", u64::from_le_bytes(id)))
+    Some(format!("{:X}", u64::from_le_bytes(id)))
 }
 
 /// The `timestamp:<unix>` field of a trusted comment (minisign writes
@@ -345,6 +347,14 @@ HPbt7AcAgb8mHP3JZhfszrPuBAbGJ58YbS3UebKm3YSkY85nj5bO5dqm7BN145hHip/6tyQcD1DGJmq0
         let [a, b] = [KEY_A, KEY_B].map(|k| TrustedKey::from_base64(k).unwrap());
         assert_eq!(a.id(), "1FC62A5869B6EF0D");
         assert_eq!(b.id(), "BD2ABCB82DBD4AA0");
+    }
+
+    #[test]
+    fn key_ids_have_no_leading_zeros_as_in_minisign() {
+        let mut raw = vec![0x45, 0x64, 0xDA, 0x4D, 0xCD, 0xA6, 0x95, 0xB4, 0x71, 0x03];
+        raw.extend([0u8; 32]);
+        let line = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(key_id(&line).as_deref(), Some("371B495A6CD4DDA"));
     }
 
     #[test]
