@@ -275,7 +275,7 @@ fn check_age(url: &str, signed_at: u64, now: u64, max: Duration) -> Result<()> {
 }
 
 /// A signature timestamp for the log: `2024-05-01T12:00:00Z`.
-pub fn show_time(unix: u64) -> String {
+fn show_time(unix: u64) -> String {
     i64::try_from(unix)
         .ok()
         .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
