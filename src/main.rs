@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         1
     };
     stretcher::log::init(how.is_serf_query());
+    survive_file_size_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +60,19 @@ fn main() -> ExitCode {
     });
     // Exit without waiting for a stdin reader blocked on a silent pipe.
     std::process::exit(if ok { 0 } else { failure_code })
+}
+
+/// A file size limit (`ulimit -f`, RLIMIT_FSIZE) is a full disk in
+/// miniature, but by default its SIGXFSZ kills the agent mid-write, before
+/// it can remove its temp files or run the `failure` hooks. With a handler
+/// the write fails with EFBIG instead, and the run fails like on ENOSPC. A
+/// handler, unlike `SIG_IGN`, is reset by exec: hooks and rsync keep the
+/// default.
+fn survive_file_size_limit() {
+    extern "C" fn on_xfsz(_: libc::c_int) {}
+    let handler: extern "C" fn(libc::c_int) = on_xfsz;
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe { libc::signal(libc::SIGXFSZ, handler as libc::sighandler_t) };
 }
 
 /// The first SIGINT/SIGTERM cancels the run; a second one also stops the
