@@ -1,6 +1,7 @@
 //! Streams `src` into a temp file while hashing it, under the bandwidth limit,
 //! the download timeout and the retry policy.
 
+use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -51,14 +52,25 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
     Ok(file)
 }
 
+/// How long an attempt may receive nothing (no response, no byte) before it
+/// is abandoned as stalled, so that a retry can still finish within
+/// `--timeout`, which bounds the whole download: the timeout shared by the
+/// attempts. Without retries or without a timeout there is none (the
+/// timeout alone stops a single attempt).
+pub fn stall_limit(opts: &Options) -> Option<Duration> {
+    let timeout = opts.timeout.filter(|_| opts.retry > 0)?;
+    Some(timeout / opts.retry.saturating_add(1))
+}
+
 async fn with_retries(
     url: &str,
     checksum: &str,
     opts: &Options,
 ) -> Result<(NamedTempFile, Verifier)> {
+    let stall = stall_limit(opts);
     let mut failures = 0;
     loop {
-        match download_once(url, checksum, opts.max_bandwidth).await {
+        match download_once(url, checksum, opts.max_bandwidth, stall).await {
             Ok(done) => return Ok(done),
             Err(e) if failures < opts.retry && source::is_retryable(&e) => {
                 failures += 1;
@@ -75,10 +87,11 @@ async fn download_once(
     url: &str,
     checksum: &str,
     max_bandwidth: Option<u64>,
+    stall: Option<Duration>,
 ) -> Result<(NamedTempFile, Verifier)> {
     let verifier = Verifier::new(checksum)?;
     let begin = Instant::now();
-    let mut body = source::open(url).await?;
+    let mut body = unless_stalled(stall, url, source::open(url)).await?;
     let file = tempfile::Builder::new()
         .prefix("stretcher")
         .tempfile()
@@ -95,15 +108,19 @@ async fn download_once(
     let read_result: Result<()> = async {
         loop {
             let mut buf = Vec::with_capacity(chunk);
-            let n = (&mut body)
-                .take(chunk as u64)
-                .read_to_end(&mut buf)
-                .await
-                .with_context(|| format!("reading {url}"))?;
-            if n == 0 {
+            while buf.len() < chunk {
+                let read = async {
+                    (body.read_buf(&mut buf).await).with_context(|| format!("reading {url}"))
+                };
+                let n = unless_stalled(stall, url, read).await?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
                 return Ok(());
             }
-            written += n as u64;
+            written += buf.len() as u64;
             if tx.send(buf).await.is_err() {
                 return Ok(()); // the sink failed; its error is reported below
             }
@@ -133,6 +150,21 @@ async fn download_once(
     Ok((file, verifier))
 }
 
+/// Runs one step of an attempt (the request, one read), failing it as
+/// `stalled` when `stall` passes first.
+async fn unless_stalled<T>(
+    stall: Option<Duration>,
+    url: &str,
+    step: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(limit) = stall else {
+        return step.await;
+    };
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| anyhow!("stalled: no data from {url} for {}", format_duration(limit)))?
+}
+
 /// Hashes each chunk and hands it to a writer thread.
 fn hash_and_write(
     mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -157,4 +189,26 @@ fn hash_and_write(
         .join()
         .map_err(|_| std::io::Error::other("writer thread panicked"))??;
     Ok(verifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(timeout: Option<Duration>, retry: u32) -> Options {
+        Options {
+            timeout,
+            retry,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn the_stall_limit_shares_the_timeout_among_the_attempts() {
+        let t = Some(Duration::from_secs(60));
+        assert_eq!(stall_limit(&opts(t, 2)), Some(Duration::from_secs(20)));
+        assert_eq!(stall_limit(&opts(t, 0)), None, "the timeout alone");
+        assert_eq!(stall_limit(&opts(None, 3)), None, "no timeout, no limit");
+        assert!(stall_limit(&opts(t, u32::MAX)).is_some());
+    }
 }
