@@ -145,7 +145,9 @@ impl SyncStrategy for Rsync {
         }
         match status {
             None => bail!("rsync stopped: interrupted by signal"),
-            Some(status) if !status.success() => bail!("rsync failed: {status}"),
+            Some(status) if !status.success() => {
+                bail!("rsync into {} failed: {status}", to.display())
+            }
             Some(_) => Ok(()),
         }
     }
