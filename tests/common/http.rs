@@ -1,5 +1,6 @@
 //! A real HTTP/1.1 server on 127.0.0.1 for tests, with scripted misbehaviour:
-//! statuses, failures before success, truncated bodies and slow bodies.
+//! statuses, failures before success, truncated, stalled and slow bodies,
+//! redirects and wrong `Content-Length` headers.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -23,6 +24,12 @@ pub struct Route {
     pub location: Option<String>,
     /// Accept the request and never answer.
     pub hang: bool,
+    /// Advertise this `Content-Length` instead of the body's length (the
+    /// whole body is sent either way, then the connection is closed).
+    pub content_length: Option<usize>,
+    /// On the first N requests (after `fail_first`), send half the body and
+    /// then nothing more, holding the connection open.
+    pub stall_first: usize,
 }
 
 impl Route {
@@ -36,6 +43,8 @@ impl Route {
             chunk_delay: Duration::ZERO,
             location: None,
             hang: false,
+            content_length: None,
+            stall_first: 0,
         }
     }
 }
@@ -157,9 +166,10 @@ impl Server {
             out,
             "HTTP/1.1 {} OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             route.status,
-            route.body.len()
+            route.content_length.unwrap_or(route.body.len())
         );
-        let body = if hit <= route.fail_first + route.truncate_first {
+        let stall = hit <= route.fail_first + route.stall_first;
+        let body = if stall || hit <= route.fail_first + route.truncate_first {
             &route.body[..route.body.len() / 2]
         } else {
             &route.body[..]
@@ -173,5 +183,8 @@ impl Server {
             }
         }
         let _ = out.flush();
+        if stall {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 }

@@ -92,7 +92,15 @@ impl Fixture {
         self.run_program(bin(), stdin, args, env)
     }
 
-    fn run_program(&self, program: &str, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    /// Runs `program` (a wrapper such as `prlimit`, given the agent as an
+    /// argument) the way [`Fixture::run`] runs the agent.
+    pub fn run_program(
+        &self,
+        program: &str,
+        stdin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let child = self.spawn_program(program, stdin, args, env);
         Run(child.wait_with_output().unwrap())
     }
