@@ -16,6 +16,7 @@ pub fn render(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
     let mut parser = Parser {
         src: text,
         pos: 0,
+        depth: 0,
         lookup,
     };
     let mut trim_next = false;
@@ -73,9 +74,16 @@ impl Value {
     }
 }
 
+/// How deep parenthesised pipelines may nest. Each level is a recursion,
+/// and the manifest is parsed on a thread with a small stack: without a
+/// bound, `{{ ((((…` overflows it. Real manifests nest one or two levels.
+const MAX_DEPTH: usize = 100;
+
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
+    /// Parentheses open around the current pipeline.
+    depth: usize,
     lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
@@ -173,8 +181,14 @@ impl Parser<'_> {
                 '"' => operands.push(Operand::Value(Value::Str(self.quoted()?))),
                 '`' => operands.push(Operand::Value(Value::Str(self.raw()?))),
                 '(' => {
+                    if self.depth >= MAX_DEPTH {
+                        bail!("parentheses nested deeper than {MAX_DEPTH}");
+                    }
                     self.pos += 1;
-                    operands.push(Operand::Value(self.pipeline(true)?));
+                    self.depth += 1;
+                    let value = self.pipeline(true)?;
+                    self.depth -= 1;
+                    operands.push(Operand::Value(value));
                 }
                 '.' => {
                     self.pos += 1;
@@ -404,6 +418,30 @@ mod tests {
     #[test]
     fn fields_render_no_value() {
         assert_eq!(r("{{ .Foo }} {{ . }}").unwrap(), "<no value> <no value>");
+    }
+
+    /// Found by fuzzing (`make fuzz`, target `template`): deeply nested
+    /// parentheses overflowed the stack.
+    #[test]
+    fn deeply_nested_parentheses_are_an_error_not_a_stack_overflow() {
+        let nested = |n: usize| format!("{}\"x\"{}", "(".repeat(n), ")".repeat(n));
+        assert_eq!(r(&format!("{{{{ {} }}}}", nested(MAX_DEPTH))).unwrap(), "x");
+        let err = r(&format!("a\n{{{{ {} }}}}", nested(MAX_DEPTH + 1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("manifest:2: parentheses nested deeper than 100"),
+            "{err}"
+        );
+        // On a small stack, as the agent parses manifests on its workers.
+        let huge = format!("{{{{ {}", "(".repeat(1 << 20));
+        let err = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || r(&huge).unwrap_err().to_string())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.contains("nested deeper"), "{err}");
     }
 
     #[test]
