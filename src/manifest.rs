@@ -63,6 +63,7 @@ impl Manifest {
     /// checks `dest` is set when `src` is.
     pub fn parse(text: &str) -> Result<Self> {
         let rendered = template::render(text, &|k| std::env::var(k).ok())?;
+        check_nesting(&rendered)?;
         let manifest: Manifest = if rendered.trim().is_empty() {
             Manifest::default()
         } else {
@@ -84,6 +85,30 @@ impl Manifest {
     pub fn dest_mode(&self) -> u32 {
         self.dest_mode.unwrap_or(DEFAULT_DEST_MODE)
     }
+}
+
+/// How deep `[`/`{` collections may nest: the YAML deserializer's own
+/// recursion limit, past which no field we read can be deserialized anyway.
+const MAX_NESTING: usize = 128;
+
+/// Refuses text with more than [`MAX_NESTING`] unclosed `[` or `{` before
+/// it reaches the YAML parser, whose scanner takes time quadratic in the
+/// nesting depth (500 kB of brackets took over a minute). Brackets
+/// inside strings count too: only hundreds of unbalanced ones trip it.
+fn check_nesting(text: &str) -> Result<()> {
+    let mut depth = 0usize;
+    for (at, byte) in text.bytes().enumerate() {
+        match byte {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > MAX_NESTING {
+            let line = text[..at].matches('\n').count() + 1;
+            bail!("invalid manifest YAML: collections nested deeper than {MAX_NESTING} at line {line}");
+        }
+    }
+    Ok(())
 }
 
 /// A YAML scalar as the text the user wrote, as yaml.v2 reads it into a Go
@@ -266,6 +291,30 @@ mod tests {
         assert!(Manifest::parse("commands:\n  pre:\n    - echo a: b\n").is_err());
         let m = Manifest::parse("commands:\n  pre:\n    - 'echo a: b'\n").unwrap();
         assert_eq!(m.commands.pre, ["echo a: b"]);
+    }
+
+    /// Found by fuzzing (`make fuzz`, target `manifest`): deeply nested
+    /// flow collections took the YAML scanner minutes.
+    #[test]
+    fn deeply_nested_collections_are_refused_promptly() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = format!(
+            "dest: /srv\nunknown: {}\nexcludes: ['[a', 'b]']\n",
+            nested(128)
+        );
+        assert_eq!(Manifest::parse(&ok).unwrap().dest, "/srv");
+        let started = std::time::Instant::now();
+        for deep in [
+            format!("a: 1\nb: {}\n", nested(129)),
+            format!("a: 1\nb: {}\n", "{a: ".repeat(1 << 20)),
+        ] {
+            let err = Manifest::parse(&deep).unwrap_err().to_string();
+            assert!(
+                err.contains("collections nested deeper than 128 at line 2"),
+                "{err}"
+            );
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]
