@@ -1,6 +1,6 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo bench clean
+.PHONY: build release test deps demo bench fuzz clean
 
 build:
 	$(CARGO) build
@@ -29,6 +29,23 @@ demo: release
 bench: release
 	sh scripts/test-deps.sh bench
 	python3 bench/bench.py
+
+## fuzz: run each cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS
+## (default 60); fails if one finds a crash, a panic or an input that takes
+## over 10 s. Installs cargo-fuzz when missing. cargo-fuzz passes nightly-only
+## flags (-Zsanitizer): RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+## New inputs go to fuzz/corpus/ (not committed); seeds are in fuzz/seeds/.
+## Pending: an archive extractor target, once src/archive/ is rewritten.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= event template manifest units
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1; \
+	done
 
 clean:
 	$(CARGO) clean
