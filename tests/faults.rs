@@ -154,23 +154,23 @@ fn a_stalled_attempt_is_abandoned_and_the_retry_succeeds() {
     let mut route = Route::ok(c.data.clone());
     route.stall_first = 1;
     let started = Instant::now();
-    // --timeout 2s over two attempts: an attempt that gets nothing for 1s
+    // --timeout 4s over two attempts: an attempt that gets nothing for 2s
     // is abandoned, leaving the second attempt time to finish.
     let log = c
         .deploy(
             route,
-            &["--timeout", "2s", "--retry", "1", "--retry-wait", "0"],
+            &["--timeout", "4s", "--retry", "1", "--retry-wait", "0"],
         )
         .ok();
     assert!(
         log.contains(&format!(
-            "Get src failed: stalled: no data from {} for 1s",
+            "Get src failed: stalled: no data from {} for 2s",
             c.src()
         )),
         "{log}"
     );
     assert_eq!(c.server.hits("/app.tar.gz"), 2, "{log}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{log}");
     assert!(c.fx.dest().join("index.html").exists());
     c.fx.assert_no_temp_files();
 }
@@ -194,7 +194,7 @@ fn a_server_that_never_answers_is_abandoned_per_attempt() {
         )),
         "{log}"
     );
-    assert!(c.server.hits("/app.tar.gz") >= 3, "{log}");
+    assert!(c.server.hits("/app.tar.gz") >= 2, "{log}");
     assert!(started.elapsed() < Duration::from_secs(3), "{log}");
     c.assert_failed_cleanly();
 }
