@@ -230,7 +230,8 @@ async fn deploy(
         dir.path().display()
     );
     let root = dir.path().to_path_buf();
-    blocking(move || archive::extract(&archive, &root)).await?;
+    let (src, token) = (m.src.clone(), cancel.clone());
+    blocking(move || archive::extract(&archive, &root, &src, &token)).await?;
     drop(download);
     interrupted(cancel)?;
 
