@@ -96,8 +96,11 @@ fn unreadable_archive_fails() {
     assert!(log.contains("Deploy manifest failed: "), "{log}");
 }
 
+/// A later directory member replaces a symlink at its path (the later member
+/// wins, SPEC 5.5) with a real directory: nothing is done through the link,
+/// so the directory it pointed to, outside, keeps its mode and stays empty.
 #[test]
-fn directory_member_naming_a_symlink_outside_fails_and_leaves_the_target_alone() {
+fn directory_member_naming_a_symlink_replaces_it_and_leaves_the_target_alone() {
     use std::os::unix::fs::PermissionsExt;
     let outside = tempfile::tempdir().unwrap();
     std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -105,14 +108,57 @@ fn directory_member_naming_a_symlink_outside_fails_and_leaves_the_target_alone()
     let data = tar(&[
         Member::Symlink("evil", &target),
         Member::Dir("evil/", 0o777),
+        Member::File("evil/inside.txt", b"x", 0o644),
     ]);
-    let log = deploy_bad(&data);
-    assert!(log.contains("outside the extraction dir"), "{log}");
+    let fx = Fixture::new();
+    fx.write("a.tar", &data);
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), ""))
+        .ok();
+    let evil = std::fs::symlink_metadata(fx.dest().join("evil")).unwrap();
+    assert!(
+        evil.is_dir(),
+        "the symlink was replaced by a real directory"
+    );
+    assert!(fx.dest().join("evil/inside.txt").is_file());
     assert_eq!(
         common::mode(outside.path()),
         0o700,
         "chmod went through the symlink"
     );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+/// A symlink made through an in-tree directory symlink (`a/s`, with `a ->
+/// b`) is really `b/s`; a later member through `b/s` must be checked too.
+#[test]
+fn symlink_made_through_an_in_tree_symlink_is_still_checked() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let data = tar(&[
+        Member::Dir("b/", 0o755),
+        Member::Symlink("a", "b"),
+        Member::Symlink("a/s", &target),
+        Member::File("b/s/pwned.txt", b"x", 0o644),
+    ]);
+    let log = deploy_bad(&data);
+    assert!(log.contains("outside the extraction dir"), "{log}");
+    assert!(!outside.path().join("pwned.txt").exists());
+}
+
+/// A hard link to a symlink is a symlink too: a member through it is
+/// checked like one through the original.
+#[test]
+fn hard_link_to_a_symlink_is_checked_like_the_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let data = tar(&[
+        Member::Symlink("s", &target),
+        Member::HardLink("h", "s"),
+        Member::File("h/pwned.txt", b"x", 0o644),
+    ]);
+    let log = deploy_bad(&data);
+    assert!(log.contains("outside the extraction dir"), "{log}");
+    assert!(!outside.path().join("pwned.txt").exists());
 }
 
 #[test]
