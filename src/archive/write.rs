@@ -90,14 +90,14 @@ impl<'a> Writer<'a> {
             Kind::Dir => self.dir_member(m, rel, &path),
             Kind::File => self
                 .file(m, &rel, &path, tar)
-                .with_context(|| format!("extracting {}", m.name)),
+                .with_context(|| format!("extracting {} to {}", m.name, path.display())),
             Kind::Symlink => self
                 .symlink(m, rel, &path)
-                .with_context(|| format!("extracting symlink {}", m.name)),
+                .with_context(|| format!("extracting symlink {} to {}", m.name, path.display())),
             Kind::HardLink => self.hard_link(m, rel, &path),
             Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => self
                 .node(m, &rel, &path)
-                .with_context(|| format!("extracting {}", m.name)),
+                .with_context(|| format!("extracting {} to {}", m.name, path.display())),
         }
     }
 
