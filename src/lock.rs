@@ -1,15 +1,18 @@
 //! Runs that target the same `dest` take turns, with flocks on directories
 //! the deploy already reaches, so the lock never needs more access than the
-//! deploy itself (no lock file to create):
+//! deploy itself (no lock file to create). `dest` is resolved to one
+//! physical path first (symlinks in it followed), so every spelling of it
+//! takes the same locks.
 //! - `dest` holds a tree: a shared lock on its parent, then an exclusive
 //!   lock on `dest` itself. Runs on sibling dests go side by side.
 //! - `dest` is missing or empty (a first deploy, which may rename a whole
-//!   new tree into place): an exclusive lock on the parent (the nearest
-//!   existing ancestor), which also waits out every run on a sibling.
+//!   new tree into place): an exclusive lock on its nearest existing
+//!   ancestor, which also waits out every run below that directory.
 //!
-//! A run holding the parent exclusively blocks the shared lock every other
-//! run takes first, so a run never locks a `dest` directory that another run
-//! is about to replace.
+//! Every run also takes shared locks on all existing ancestors above those,
+//! so a run whose dest's parents were created after a first deploy locked
+//! a higher ancestor still waits for it, and a run never locks a `dest`
+//! directory that another run is about to replace.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -30,17 +33,19 @@ pub struct DestLock {
 /// Takes the lock for `dest`, waiting at most `timeout` (forever if `None`).
 /// Cancel-safe: dropping the future stops the wait.
 pub async fn acquire(dest: &str, timeout: Option<Duration>) -> Result<DestLock> {
-    let dest = Path::new(dest.trim_end_matches('/'));
-    let parent = nearest_existing_parent(dest);
+    let shown = Path::new(dest.trim_end_matches('/'));
     let started = Instant::now();
     let mut logged = false;
     loop {
-        match try_acquire(dest, &parent) {
+        // Resolved every round: a run ahead of us may create dest or the
+        // directories above it.
+        let dest = resolve(shown);
+        match try_acquire(&dest) {
             Attempt::Held(lock) => return Ok(lock),
             Attempt::Unlockable(why) => {
                 log::info!(
                     "cannot lock {}: {why}; deploying without the lock",
-                    dest.display()
+                    shown.display()
                 );
                 return Ok(DestLock { _held: Vec::new() });
             }
@@ -49,7 +54,7 @@ pub async fn acquire(dest: &str, timeout: Option<Duration>) -> Result<DestLock> 
         if !logged {
             log::info!(
                 "waiting for lock on {} (another stretcher run is deploying to it or beside it)",
-                dest.display()
+                shown.display()
             );
             logged = true;
         }
@@ -57,7 +62,7 @@ pub async fn acquire(dest: &str, timeout: Option<Duration>) -> Result<DestLock> 
             if started.elapsed() >= limit {
                 bail!(
                     "lock on {} still held after {}",
-                    dest.display(),
+                    shown.display(),
                     format_duration(limit)
                 );
             }
@@ -73,28 +78,46 @@ enum Attempt {
     Unlockable(String),
 }
 
-fn try_acquire(dest: &Path, parent: &Path) -> Attempt {
-    let parent_dir = File::open(parent);
-    let populated = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some());
-    match (parent_dir, populated) {
-        (Ok(parent_dir), true) => {
-            if !locked(parent_dir.try_lock_shared()) {
+/// Takes shared locks on every existing ancestor above the nearest one, so
+/// a run that holds any of them exclusively (a first deploy that found only
+/// that ancestor) is waited for, then the lock this dest needs.
+fn try_acquire(dest: &Path) -> Attempt {
+    let mut ancestors: Vec<&Path> = dest.ancestors().skip(1).filter(|p| p.is_dir()).collect();
+    ancestors.reverse();
+    let Some(nearest) = ancestors.pop() else {
+        return Attempt::Unlockable(format!("no existing parent of {}", dest.display()));
+    };
+    let mut held = Vec::new();
+    for dir in ancestors {
+        // An ancestor we may not read cannot be locked by anyone else either.
+        if let Ok(file) = File::open(dir) {
+            if !locked(file.try_lock_shared()) {
                 return Attempt::Busy;
             }
+            held.push(file);
+        }
+    }
+    let populated = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some());
+    match (File::open(nearest), populated) {
+        (Ok(parent), true) => {
+            if !locked(parent.try_lock_shared()) {
+                return Attempt::Busy;
+            }
+            held.push(parent);
             match File::open(dest) {
-                Ok(dest_dir) if locked(dest_dir.try_lock()) => Attempt::Held(DestLock {
-                    _held: vec![parent_dir, dest_dir],
-                }),
-                Ok(_) => Attempt::Busy,
-                // Gone since we looked: the next round takes the parent.
-                Err(_) => Attempt::Busy,
+                Ok(dest_dir) if locked(dest_dir.try_lock()) => {
+                    held.push(dest_dir);
+                    Attempt::Held(DestLock { _held: held })
+                }
+                // Held by another run, or gone since we looked (the next
+                // round takes the parent).
+                _ => Attempt::Busy,
             }
         }
-        (Ok(parent_dir), false) => {
-            if locked(parent_dir.try_lock()) {
-                Attempt::Held(DestLock {
-                    _held: vec![parent_dir],
-                })
+        (Ok(parent), false) => {
+            if locked(parent.try_lock()) {
+                held.push(parent);
+                Attempt::Held(DestLock { _held: held })
             } else {
                 Attempt::Busy
             }
@@ -102,11 +125,12 @@ fn try_acquire(dest: &Path, parent: &Path) -> Attempt {
         // An unreadable parent (mode --x): the dest dir alone still
         // serializes runs on a populated dest.
         (Err(e), _) => match File::open(dest) {
-            Ok(dest_dir) if locked(dest_dir.try_lock()) => Attempt::Held(DestLock {
-                _held: vec![dest_dir],
-            }),
+            Ok(dest_dir) if locked(dest_dir.try_lock()) => {
+                held.push(dest_dir);
+                Attempt::Held(DestLock { _held: held })
+            }
             Ok(_) => Attempt::Busy,
-            Err(_) => Attempt::Unlockable(format!("{}: {e}", parent.display())),
+            Err(_) => Attempt::Unlockable(format!("{}: {e}", nearest.display())),
         },
     }
 }
@@ -117,21 +141,26 @@ fn locked(result: Result<(), TryLockError>) -> bool {
     !matches!(result, Err(TryLockError::WouldBlock))
 }
 
-/// `dest`'s parent, or its nearest ancestor that exists (`.` for a bare
-/// relative name).
-fn nearest_existing_parent(dest: &Path) -> PathBuf {
-    dest.ancestors()
-        .skip(1)
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
+/// `dest` as one physical path, whichever way it is written: its longest
+/// existing prefix with symlinks resolved (a dest given through a symlink
+/// and by its real path lock the same directories), the rest as written.
+fn resolve(dest: &Path) -> PathBuf {
+    let dest = if dest.is_absolute() {
+        dest.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(dest)
+    };
+    for existing in dest.ancestors() {
+        if let Ok(real) = existing.canonicalize() {
+            let rest = dest.strip_prefix(existing).unwrap_or(Path::new(""));
+            return if rest.as_os_str().is_empty() {
+                real
             } else {
-                p
-            }
-        })
-        .find(|p| p.is_dir())
-        .unwrap_or(Path::new("/"))
-        .to_path_buf()
+                real.join(rest)
+            };
+        }
+    }
+    dest
 }
 
 #[cfg(test)]
@@ -139,11 +168,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_parent_is_the_nearest_existing_ancestor() {
+    fn a_dest_resolves_through_symlinks_and_keeps_its_missing_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("a/b/app");
-        assert_eq!(nearest_existing_parent(&dest), dir.path());
-        assert_eq!(nearest_existing_parent(Path::new("app")), Path::new("."));
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("real")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("link")).unwrap();
+        assert_eq!(resolve(&real.join("link")), real.join("real"));
+        assert_eq!(resolve(&real.join("link/a/app")), real.join("real/a/app"));
+    }
+
+    #[tokio::test]
+    async fn a_first_deploy_is_waited_for_after_it_creates_dests_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("srv/a/app").display().to_string();
+        let held = acquire(&dest, None).await.unwrap();
+        // The first run's hooks create the missing parents.
+        std::fs::create_dir_all(dir.path().join("srv/a")).unwrap();
+        let short = Some(Duration::from_millis(120));
+        assert!(acquire(&dest, short).await.is_err(), "same dest waits");
+        drop(held);
+        acquire(&dest, short).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dest_named_through_a_symlink_takes_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real/app")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real/app"), dir.path().join("link")).unwrap();
+        let held = acquire(&dir.path().join("link").display().to_string(), None)
+            .await
+            .unwrap();
+        let short = Some(Duration::from_millis(120));
+        let real = dir.path().join("real/app").display().to_string();
+        assert!(acquire(&real, short).await.is_err());
+        drop(held);
+        acquire(&real, short).await.unwrap();
     }
 
     #[tokio::test]
