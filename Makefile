@@ -35,9 +35,8 @@ bench: release
 ## over 10 s. Installs cargo-fuzz when missing. cargo-fuzz passes nightly-only
 ## flags (-Zsanitizer): RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 ## New inputs go to fuzz/corpus/ (not committed); seeds are in fuzz/seeds/.
-## Pending: an archive extractor target, once src/archive/ is rewritten.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= event template manifest units
+FUZZ_TARGETS ?= event template manifest units archive
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	set -e; for t in $(FUZZ_TARGETS); do \

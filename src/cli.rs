@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
+use crate::archive::MaxSize;
 use crate::signature::{Policy, TrustedKey};
 use crate::units::{parse_bytes, parse_duration};
 
@@ -21,6 +22,10 @@ struct Args {
     /// Max bandwidth for downloading src archives, per second (10M, 10MiB, 500k)
     #[arg(long = "max-band-width", alias = "max-bandwidth", value_name = "SIZE", value_parser = parse_bytes)]
     max_bandwidth: Option<u64>,
+
+    /// Stop extracting an archive whose files add up to more than this (10GiB, 500MB; 0 = no limit) [default: the smaller of 50GiB and the free space in TMPDIR]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_extract_size: Option<u64>,
 
     /// Timeout for fetching the manifest and downloading src archives (Go duration like 1m30s, or seconds; 0 = none)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -90,6 +95,8 @@ pub struct Config {
     /// Bound on the manifest fetch and on the whole src download, retries
     /// included; `None` (also for `--timeout 0`) is unbounded.
     pub timeout: Option<Duration>,
+    /// Bound on the member data one extraction writes.
+    pub max_extract_size: MaxSize,
     /// Upper bound of the random start-up sleep.
     pub random_delay: Option<Duration>,
     /// Extra download attempts after the first.
@@ -213,6 +220,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         max_bandwidth: args.max_bandwidth,
         // Go: `if Timeout != 0`; a zero timeout means none.
         timeout: args.timeout.filter(|t| !t.is_zero()),
+        max_extract_size: args
+            .max_extract_size
+            .map_or(MaxSize::Default, MaxSize::from_flag),
         random_delay: args.random_delay,
         retry: args.retry,
         retry_wait: args.retry_wait,

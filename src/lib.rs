@@ -268,7 +268,8 @@ async fn deploy(
         dir.path().display()
     );
     let (root, src, stop) = (dir.path().to_path_buf(), m.src.clone(), cancel.clone());
-    blocking(move || archive::extract(&archive, &root, &src, &stop))
+    let max_size = config.max_extract_size;
+    blocking(move || archive::extract(&archive, &root, &src, max_size, &stop))
         .await
         .at(Step::Extract)?;
     drop(download);

@@ -14,6 +14,11 @@
 //! modes are kept; otherwise the umask applies. Mtimes of files and
 //! directories are kept (PAX sub-second times included), since rsync's quick
 //! check depends on them.
+//!
+//! Limits: the member data written stops at `--max-extract-size` (by
+//! default the smaller of 50 GiB and the free space where the extraction
+//! dir is), and an archive has at most [`MAX_MEMBERS`] members. Fifos and
+//! devices are skipped with a line in the log, as root or not.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -28,7 +33,97 @@ mod stream;
 mod write;
 
 use stream::{NotTar, TarStream};
-use write::Writer;
+use write::{SizeLimit, Writer};
+
+/// The default for `--max-extract-size`, when the extraction filesystem
+/// has more free space than this.
+pub const DEFAULT_MAX_SIZE: u64 = 50 << 30;
+
+/// The most members an archive may have.
+pub const MAX_MEMBERS: u64 = 10_000_000;
+
+/// `--max-extract-size`: how much member data an extraction may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxSize {
+    /// The smaller of [`DEFAULT_MAX_SIZE`] and the free space on the
+    /// extraction dir's filesystem.
+    #[default]
+    Default,
+    /// No limit (`--max-extract-size 0`).
+    Unlimited,
+    /// At most this many bytes.
+    Bytes(u64),
+}
+
+impl MaxSize {
+    /// The flag's value: `0` is no limit.
+    pub fn from_flag(bytes: u64) -> Self {
+        if bytes == 0 {
+            Self::Unlimited
+        } else {
+            Self::Bytes(bytes)
+        }
+    }
+
+    /// The limit for an extraction into `dir`.
+    fn resolve(self, dir: &Path) -> Result<Option<SizeLimit>> {
+        let bytes = match self {
+            Self::Unlimited => return Ok(None),
+            Self::Bytes(n) => n,
+            Self::Default => {
+                let free = free_space(dir)?;
+                if free < DEFAULT_MAX_SIZE {
+                    return Ok(Some(SizeLimit {
+                        bytes: free,
+                        label: format!(
+                            "the {} free on {}",
+                            size_label(free),
+                            dir.parent().unwrap_or(dir).display()
+                        ),
+                    }));
+                }
+                DEFAULT_MAX_SIZE
+            }
+        };
+        Ok(Some(SizeLimit {
+            bytes,
+            label: size_label(bytes),
+        }))
+    }
+}
+
+/// A size for a message: `50 GiB`, `1 MiB` when exact in binary units,
+/// else `1.5 GB (1,500,000,000 bytes)`.
+fn size_label(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    if n < 1000 {
+        return format!("{n} bytes");
+    }
+    format!(
+        "{} ({} bytes)",
+        crate::units::format_bytes(n),
+        crate::units::comma(n)
+    )
+}
+
+/// Bytes an unprivileged user may still write on `dir`'s filesystem.
+fn free_space(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("statvfs {}", dir.display()))?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_dir is NUL-terminated and st is a valid out-pointer.
+    if unsafe { libc::statvfs(c_dir.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", dir.display()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
 
 const READ_BUFFER: usize = 1 << 20;
 
@@ -80,18 +175,31 @@ impl Compression {
 }
 
 /// Extracts the archive at `archive` into the existing, empty directory
-/// `dir`. `name` (the source URL) leads every error message. A signal
-/// (`cancel`) stops the extraction between members and inside large ones.
-pub fn extract(archive: &Path, dir: &Path, name: &str, cancel: &CancellationToken) -> Result<()> {
-    extract_from(archive, dir, cancel).with_context(|| name.to_string())
+/// `dir`, writing at most `max_size` of member data. `name` (the source
+/// URL) leads every error message. A signal (`cancel`) stops the extraction
+/// between members and inside large ones.
+pub fn extract(
+    archive: &Path,
+    dir: &Path,
+    name: &str,
+    max_size: MaxSize,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    extract_from(archive, dir, max_size, cancel).with_context(|| name.to_string())
 }
 
-fn extract_from(archive: &Path, dir: &Path, cancel: &CancellationToken) -> Result<()> {
+fn extract_from(
+    archive: &Path,
+    dir: &Path,
+    max_size: MaxSize,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let limit = max_size.resolve(dir)?;
     let input = Input::open(archive)?;
     let compression = input.compression;
     let mut tar = TarStream::new(input.reader);
     let result = (|| {
-        let mut writer = Writer::new(dir, cancel)?;
+        let mut writer = Writer::new(dir, limit, cancel)?;
         while let Some(member) = tar.next_member()? {
             interrupted(cancel)?;
             writer.member(&member, &mut tar)?;
@@ -306,6 +414,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn limits_are_named_in_binary_units_when_exact() {
+        assert_eq!(size_label(DEFAULT_MAX_SIZE), "50 GiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+        assert_eq!(size_label(1_500_000_000), "1.5 GB (1,500,000,000 bytes)");
+        assert_eq!(size_label(999), "999 bytes");
+        assert_eq!(MaxSize::from_flag(0), MaxSize::Unlimited);
+    }
+
+    #[test]
+    fn the_default_limit_is_at_most_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = MaxSize::Default.resolve(dir.path()).unwrap().unwrap();
+        assert!(limit.bytes <= DEFAULT_MAX_SIZE);
+        assert!(limit.bytes <= free_space(dir.path()).unwrap() + (1 << 30));
+    }
+
+    #[test]
     fn sniffs_magic_bytes() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
         assert_eq!(Compression::sniff(b"BZh91AY"), Compression::Bzip2);
@@ -346,7 +471,14 @@ mod tests {
         std::fs::write(&archive, gz.finish().unwrap()).unwrap();
         let dir = scratch.path().join("out");
         std::fs::create_dir(&dir).unwrap();
-        extract(&archive, &dir, "a", &CancellationToken::new()).unwrap();
+        extract(
+            &archive,
+            &dir,
+            "a",
+            MaxSize::Default,
+            &CancellationToken::new(),
+        )
+        .unwrap();
         let mut expected = tar::Archive::new(&tar[..]);
         for entry in expected.entries().unwrap() {
             let mut entry = entry.unwrap();
@@ -371,7 +503,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let e = extract(&archive, &dir, "file:///a.tar", &cancel).unwrap_err();
+        let e = extract(&archive, &dir, "file:///a.tar", MaxSize::Default, &cancel).unwrap_err();
         assert_eq!(format!("{e:#}"), "file:///a.tar: interrupted by signal");
     }
 }

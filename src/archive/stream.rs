@@ -46,6 +46,19 @@ pub(super) enum Kind {
     BlockDevice,
 }
 
+impl Kind {
+    /// What a member that is not extracted is, for the log: `None` for
+    /// the kinds that are.
+    pub fn skipped(self) -> Option<&'static str> {
+        match self {
+            Kind::Fifo => Some("fifo"),
+            Kind::CharDevice => Some("character device"),
+            Kind::BlockDevice => Some("block device"),
+            _ => None,
+        }
+    }
+}
+
 /// The data regions of a sparse file; everything else is a hole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Sparse {
@@ -77,8 +90,6 @@ pub(super) struct Member {
     pub gid: u64,
     /// Modification time: seconds since the epoch and nanoseconds.
     pub mtime: (i64, u32),
-    /// Device numbers, for devices.
-    pub device: (u32, u32),
     /// The map of a sparse file.
     pub sparse: Option<Sparse>,
     /// Bytes of data that follow in the stream (for a sparse file, the
@@ -226,13 +237,6 @@ impl<R: BufRead> TarStream<R> {
             };
             let uid = id(b"uid", header.uid())?;
             let gid = id(b"gid", header.gid())?;
-            let device = match kind {
-                Kind::CharDevice | Kind::BlockDevice => (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                ),
-                _ => (0, 0),
-            };
             let mut sparse = None;
             if typeflag == b'S' {
                 sparse = Some(self.old_gnu_sparse(header, &name)?);
@@ -268,7 +272,6 @@ impl<R: BufRead> TarStream<R> {
                 uid,
                 gid,
                 mtime,
-                device,
                 sparse,
                 size: self.left,
                 name,

@@ -10,10 +10,8 @@
 //! that parent resolved and checked to stay inside the dir.
 
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +20,8 @@ use filetime::FileTime;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{Kind, Member, TarStream};
+use super::MAX_MEMBERS;
+use crate::units::comma;
 
 /// Check for a signal this often inside a member's data.
 const CANCEL_EVERY: u64 = 4 << 20;
@@ -52,11 +52,30 @@ pub(super) struct Writer<'a> {
     symlinks: HashSet<PathBuf>,
     /// Directory members by physical relative path: the last one wins.
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// The most member data bytes to write, if any.
+    limit: Option<SizeLimit>,
+    /// Member data bytes written (or about to be) so far.
+    written: u64,
+    /// Members read so far.
+    members: u64,
+    /// [`MAX_MEMBERS`], lowered in tests.
+    max_members: u64,
+}
+
+/// A resolved `--max-extract-size`.
+pub(super) struct SizeLimit {
+    pub bytes: u64,
+    /// How the error names it: `50 GiB`, or the free space and where.
+    pub label: String,
 }
 
 impl<'a> Writer<'a> {
     /// A writer into the existing, empty directory `dir`.
-    pub fn new(dir: &'a Path, cancel: &'a CancellationToken) -> Result<Self> {
+    pub fn new(
+        dir: &'a Path,
+        limit: Option<SizeLimit>,
+        cancel: &'a CancellationToken,
+    ) -> Result<Self> {
         let real_dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
@@ -75,6 +94,10 @@ impl<'a> Writer<'a> {
             made: HashSet::new(),
             symlinks: HashSet::new(),
             dirs: BTreeMap::new(),
+            limit,
+            written: 0,
+            members: 0,
+            max_members: MAX_MEMBERS,
         })
     }
 
@@ -84,6 +107,33 @@ impl<'a> Writer<'a> {
         m: &Member,
         tar: &mut TarStream<R>,
     ) -> Result<()> {
+        self.members += 1;
+        if self.members > self.max_members {
+            bail!(
+                "archive has more than {} members (the limit): stopped at {}",
+                comma(self.max_members),
+                m.name
+            );
+        }
+        if let Some(kind) = m.kind.skipped() {
+            ::log::info!(
+                "skipping {kind} member {}: devices, fifos and sockets are not extracted",
+                m.name
+            );
+            return Ok(());
+        }
+        if m.kind == Kind::File {
+            self.written = self.written.saturating_add(m.size);
+            if let Some(limit) = &self.limit {
+                if self.written > limit.bytes {
+                    bail!(
+                        "archive expands past {} (--max-extract-size): stopped at {}",
+                        limit.label,
+                        m.name
+                    );
+                }
+            }
+        }
         let rel = self.place(&m.path, &m.name)?;
         let path = self.dir.join(&rel);
         match m.kind {
@@ -95,9 +145,8 @@ impl<'a> Writer<'a> {
                 .symlink(m, rel, &path)
                 .with_context(|| format!("extracting symlink {} to {}", m.name, path.display())),
             Kind::HardLink => self.hard_link(m, rel, &path),
-            Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => self
-                .node(m, &rel, &path)
-                .with_context(|| format!("extracting {} to {}", m.name, path.display())),
+            // Not extracted: skipped before `place`, above.
+            Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => Ok(()),
         }
     }
 
@@ -364,29 +413,62 @@ impl<'a> Writer<'a> {
         }
         Ok(())
     }
+}
 
-    /// A named pipe or a device.
-    fn node(&mut self, m: &Member, rel: &Path, path: &Path) -> Result<()> {
-        let c_path = CString::new(path.as_os_str().as_bytes())?;
-        let (kind, dev) = match m.kind {
-            Kind::CharDevice => (libc::S_IFCHR, libc::makedev(m.device.0, m.device.1)),
-            Kind::BlockDevice => (libc::S_IFBLK, libc::makedev(m.device.0, m.device.1)),
-            _ => (libc::S_IFIFO, 0),
-        };
-        self.replacing(rel, path, || {
-            // SAFETY: c_path is a valid NUL-terminated string.
-            let rc = unsafe { libc::mknod(c_path.as_ptr(), kind | 0o600, dev) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })?;
-        if let Some((uid, gid)) = self.owner(m)? {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).context("chown")?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, *data).unwrap();
         }
-        fs::set_permissions(path, fs::Permissions::from_mode(self.mode(m))).context("chmod")?;
-        let mtime = FileTime::from_unix_time(m.mtime.0, m.mtime.1);
-        filetime::set_symlink_file_times(path, mtime, mtime).context("setting mtime")
+        b.into_inner().unwrap()
+    }
+
+    fn write_all(data: &[u8], dir: &Path, limit: Option<u64>, max_members: u64) -> Result<()> {
+        let cancel = CancellationToken::new();
+        let limit = limit.map(|bytes| SizeLimit {
+            bytes,
+            label: format!("{bytes} bytes"),
+        });
+        let mut writer = Writer::new(dir, limit, &cancel)?;
+        writer.max_members = max_members;
+        let mut tar = TarStream::new(data);
+        while let Some(m) = tar.next_member()? {
+            writer.member(&m, &mut tar)?;
+        }
+        writer.finish()
+    }
+
+    #[test]
+    fn the_member_limit_stops_the_extraction() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = archive(&[("a", b"1"), ("b", b"2"), ("c", b"3")]);
+        let e = write_all(&data, dir.path(), None, 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "archive has more than 2 members (the limit): stopped at c"
+        );
+        write_all(&data, tempfile::tempdir().unwrap().path(), None, 3).unwrap();
+    }
+
+    #[test]
+    fn the_size_limit_counts_member_data_before_writing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = archive(&[("a", b"12345"), ("b", b"678"), ("c", b"9")]);
+        let e = write_all(&data, dir.path(), Some(8), MAX_MEMBERS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "archive expands past 8 bytes (--max-extract-size): stopped at c"
+        );
+        assert!(!dir.path().join("c").exists());
+        let exact = tempfile::tempdir().unwrap();
+        let data = archive(&[("a", b"12345"), ("b", b"678")]);
+        write_all(&data, exact.path(), Some(8), MAX_MEMBERS).unwrap();
     }
 }
