@@ -68,19 +68,11 @@ async fn with_retries(
     opts: &Options,
 ) -> Result<(NamedTempFile, Verifier)> {
     let stall = stall_limit(opts);
-    let mut failures = 0;
-    loop {
-        match download_once(url, checksum, opts.max_bandwidth, stall).await {
-            Ok(done) => return Ok(done),
-            Err(e) if failures < opts.retry && source::is_retryable(&e) => {
-                failures += 1;
-                log::info!("Get src failed: {e:#}");
-                log::info!("Try again. Waiting: {}", format_duration(opts.retry_wait));
-                tokio::time::sleep(opts.retry_wait).await;
-            }
-            Err(e) => return Err(anyhow!("get src failed: {e:#}")),
-        }
-    }
+    source::with_retries("src", opts.retry, opts.retry_wait, || {
+        download_once(url, checksum, opts.max_bandwidth, stall)
+    })
+    .await
+    .map_err(|e| anyhow!("get src failed: {e:#}"))
 }
 
 async fn download_once(

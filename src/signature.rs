@@ -110,19 +110,9 @@ pub fn url_for(manifest_url: &str) -> String {
 /// (`--retry` extra attempts, `--retry-wait` apart, any failure but a
 /// permanent one). A failure means the signature is missing.
 pub async fn fetch(url: &str, retry: u32, retry_wait: Duration) -> Result<String> {
-    let mut failures = 0;
-    loop {
-        match fetch_once(url).await {
-            Ok(text) => return Ok(text),
-            Err(e) if failures < retry && source::is_retryable(&e) => {
-                failures += 1;
-                log::info!("Get signature failed: {e:#}");
-                log::info!("Try again. Waiting: {}", format_duration(retry_wait));
-                tokio::time::sleep(retry_wait).await;
-            }
-            Err(e) => return Err(e.context(format!("missing signature {url}"))),
-        }
-    }
+    source::with_retries("signature", retry, retry_wait, || fetch_once(url))
+        .await
+        .map_err(|e| e.context(format!("missing signature {url}")))
 }
 
 async fn fetch_once(url: &str) -> Result<String> {

@@ -8,6 +8,8 @@ mod http;
 #[cfg(feature = "s3")]
 mod s3;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
@@ -71,6 +73,37 @@ impl std::error::Error for Permanent {}
 /// Whether a failed attempt may succeed when tried again.
 pub fn is_retryable(err: &anyhow::Error) -> bool {
     !err.chain().any(|e| e.is::<Permanent>())
+}
+
+/// Runs `attempt` until it succeeds, at most `retry` extra times, waiting
+/// `wait` between attempts, for any error but a [`Permanent`] one. Each
+/// failure is logged as Go stretcher does (`Get <what> failed: …`, `Try
+/// again. Waiting: 3s`); the last error is returned as it is.
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    retry: u32,
+    wait: Duration,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Err(e) if failures < retry && is_retryable(&e) => {
+                failures += 1;
+                log::info!("Get {what} failed: {e:#}");
+                log::info!(
+                    "Try again. Waiting: {}",
+                    crate::units::format_duration(wait)
+                );
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// `bucket` and percent-decoded `key` of an `s3://bucket/key` or
