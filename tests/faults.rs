@@ -344,14 +344,13 @@ fn sigterm_during_the_download_stops_it_promptly_and_cleans_up() {
     route.chunk_delay = Duration::from_millis(100);
     let src = c.server.route("/slow.tar.gz", route);
     let url = c.manifest(&src, &"0".repeat(64));
-    let (mut child, rx) = common::spawn(&c.fx, Some(&url), &[]);
+    let (mut child, rx) = c.fx.watch(Some(&url), &[]);
     wait_for(&rx, &format!("Loading URL {src}"));
     std::thread::sleep(Duration::from_millis(300));
     let temps = std::fs::read_dir(c.fx.path("tmp")).unwrap().count();
     assert_eq!(temps, 1, "the download is under way into a temp file");
     let started = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child), 1);
     assert!(
         started.elapsed() < Duration::from_secs(1),

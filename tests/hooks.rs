@@ -2,12 +2,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{app_manifest, app_tar, bin, gzip, sha256, spawn, wait_exit, wait_for, Fixture};
+use common::{alive, app_manifest, app_tar, gzip, sha256, signal, wait_exit, wait_for, Fixture};
 
 /// An app deploy manifest with `commands` as its commands section.
 fn with_commands(fx: &Fixture, commands: &str) -> String {
@@ -138,7 +135,7 @@ fn pre_hook_output_is_logged_as_it_arrives() {
             g = go.display()
         ),
     ));
-    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "marker-1");
     std::fs::write(&go, "").unwrap();
     wait_for(&rx, "marker-2");
@@ -158,11 +155,10 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
             f = failure.display()
         ),
     ));
-    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "hook-2-up");
     let started = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
     let lines = wait_for(&rx, "Done");
@@ -177,12 +173,7 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
         .parse()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: probing with signal 0 sends nothing.
-    let alive = unsafe { libc::kill(pid, 0) } == 0
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ");
-    assert!(!alive, "the hook's child process survived SIGTERM");
+    assert!(!alive(pid), "the hook's child process survived SIGTERM");
     assert!(!fx.dest().exists());
     fx.assert_no_temp_files();
 }
@@ -190,10 +181,9 @@ fn sigterm_stops_the_running_hook_and_fails_the_run() {
 #[test]
 fn sigint_while_waiting_for_stdin_cancels() {
     let fx = Fixture::new();
-    let (mut child, rx) = spawn(&fx, None, &[]);
+    let (mut child, rx) = fx.watch(None, &[]);
     wait_for(&rx, "Waiting for events from STDIN");
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal(&child, libc::SIGINT);
     assert_eq!(wait_exit(&mut child), 1);
     let lines = wait_for(&rx, "interrupted by signal");
     assert!(
@@ -205,32 +195,14 @@ fn sigint_while_waiting_for_stdin_cancels() {
 #[test]
 fn random_delay_sleeps_before_reading_stdin_and_a_signal_cancels_it() {
     let fx = Fixture::new();
-    let mut child = Command::new(bin())
-        .arg("--random-delay")
-        .arg("1h")
-        .current_dir(fx.root.path())
-        .env("TMPDIR", fx.path("tmp"))
-        .env_remove("CONSUL_INDEX")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = fx.watch(None, &["--random-delay", "1h"]);
     let seen = wait_for(&rx, "Sleeping ");
     assert!(
         !seen.iter().any(|l| l.contains("Waiting for events")),
         "{seen:?}"
     );
     let started = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child), 1);
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_for(&rx, "interrupted by signal");

@@ -6,23 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    app_manifest, manifest_for, sha256, spawn, tar, wait_exit, wait_for, Fixture, Member,
+    alive, app_manifest, manifest_for, sha256, signal, tar, wait_exit, wait_for, Fixture, Member,
 };
-
-/// Whether `pid` is still running (not a zombie).
-fn alive(pid: i32) -> bool {
-    // SAFETY: probing with signal 0 sends nothing.
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
-    exists
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-fn signal(child: &std::process::Child, sig: i32) {
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
 
 #[test]
 fn a_second_signal_stops_the_failure_hooks_and_still_cleans_up() {
@@ -35,7 +20,7 @@ fn a_second_signal_stops_the_failure_hooks_and_still_cleans_up() {
             p = fx.path("failure-sleep.pid").display()
         ),
     ));
-    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "pre-2-up");
     signal(&child, libc::SIGTERM);
     // Failure hook output passes through to stdout: wait for its pid file.
@@ -80,7 +65,7 @@ fn two_quick_signals_during_extraction_stop_it_and_remove_every_temp_file() {
     let data = many_files(10_000);
     fx.write("big.tar", &data);
     let url = fx.manifest(&manifest_for(&fx, &fx.url("big.tar"), &sha256(&data), ""));
-    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "Extract archive");
     let started = Instant::now();
     signal(&child, libc::SIGTERM);
@@ -104,7 +89,7 @@ fn sigterm_during_rsync_stops_it_promptly() {
     let data = many_files(10_000);
     fx.write("big.tar", &data);
     let url = fx.manifest(&manifest_for(&fx, &fx.url("big.tar"), &sha256(&data), ""));
-    let (mut child, rx) = spawn(&fx, Some(&url), &["--rsync-verbose", "-vv"]);
+    let (mut child, rx) = fx.watch(Some(&url), &["--rsync-verbose", "-vv"]);
     wait_for(&rx, "rsync [");
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
@@ -132,7 +117,7 @@ fn a_signal_while_the_manifest_server_hangs_cancels_the_fetch() {
     let mut route = common::http::Route::ok(Vec::new());
     route.hang = true;
     let url = server.route("/m.yml", route);
-    let (mut child, rx) = spawn(&fx, Some(&url), &[]);
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "Loading URL");
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();

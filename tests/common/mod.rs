@@ -101,20 +101,37 @@ impl Fixture {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Run {
-        let child = self.spawn_program(program, stdin, args, env);
+        let child = self.spawn_program(program, Some(stdin), args, env);
         Run(child.wait_with_output().unwrap())
     }
 
     /// Starts the agent like [`Fixture::run`] without waiting for it: stdin
     /// is written and closed, stdout and stderr are piped.
     pub fn spawn(&self, stdin: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
-        self.spawn_program(bin(), stdin, args, env)
+        self.spawn_program(bin(), Some(stdin), args, env)
+    }
+
+    /// Starts the agent with `stdin` (`None` keeps stdin open and silent, so
+    /// the agent waits for a URL) and reads its stderr line by line into a
+    /// channel, for [`wait_for`].
+    pub fn watch(&self, stdin: Option<&str>, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self.spawn_program(bin(), stdin, args, &[]);
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
     }
 
     fn spawn_program(
         &self,
         program: &str,
-        stdin: &str,
+        stdin: Option<&str>,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Child {
@@ -139,8 +156,13 @@ impl Fixture {
         }
         let mut child = cmd.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
+        match stdin {
+            Some(text) => {
+                let _ = input.write_all(text.as_bytes());
+            }
+            // Keep stdin open: the agent waits for a URL.
+            None => std::mem::forget(input),
+        }
         child
     }
 
@@ -192,35 +214,20 @@ impl Fixture {
     }
 }
 
-/// Starts the agent on `url` with stderr read line by line into a channel.
-pub fn spawn(fx: &Fixture, url: Option<&str>, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(fx.root.path())
-        .env("TMPDIR", fx.path("tmp"))
-        .env_remove("CONSUL_INDEX")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(url) = url {
-        stdin.write_all(url.as_bytes()).unwrap();
-    } else {
-        // Keep stdin open: the agent waits for a URL.
-        std::mem::forget(stdin);
-    }
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
+/// Whether process `pid` still runs (a zombie does not count).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: probing with signal 0 sends nothing.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Sends `sig` to the agent.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
 }
 
 /// Waits for a stderr line containing `want`; returns every line seen.
