@@ -526,3 +526,22 @@ fn excludes_keep_rsync_even_for_an_empty_dest() {
     assert!(!fx.dest().join("app.pid").exists());
     assert!(fx.dest().join("index.html").exists());
 }
+
+#[test]
+fn a_fresh_dest_on_another_filesystem_than_tmpdir_gets_rsync_and_the_same_tree() {
+    let fx = Fixture::new();
+    let shm = Fixture::on_tmpfs();
+    let reference = {
+        let fx = Fixture::new();
+        fx.deploy(&app_manifest(&fx, "")).ok();
+        tree(&fx.dest())
+    };
+    let url = fx.manifest(&app_manifest(&fx, ""));
+    // The extracted tree cannot be renamed across filesystems: rsync copies.
+    let log = fx
+        .run(&url, &[], &[("TMPDIR", shm.path("tmp").to_str().unwrap())])
+        .ok();
+    assert!(log.contains("rsync [-a --delete"), "{log}");
+    assert_eq!(tree(&fx.dest()), reference);
+    shm.assert_no_temp_files();
+}

@@ -130,3 +130,25 @@ fn commands_only_manifests_take_no_lock() {
         .ok();
     assert!(!log.contains("waiting for lock"), "{log}");
 }
+
+#[test]
+fn a_parent_the_agent_may_only_pass_through_still_locks_dest_itself() {
+    if !is_root() {
+        eprintln!("skipped: needs root to set up a parent the agent cannot read");
+        return;
+    }
+    let fx = Fixture::new();
+    let url = app_dir_in_a_root_owned_parent(&fx);
+    // Mode --x: the agent reaches srv/app but cannot open srv to lock it.
+    std::fs::set_permissions(fx.path("srv"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let log = fx.run_unprivileged(&url, &[], &[]).ok();
+    assert!(!log.contains("deploying without the lock"), "{log}");
+    assert!(fx.path("srv/app/index.html").exists(), "{log}");
+    // The dest dir itself is the lock: a run holding it makes the next wait.
+    let held = hold(&fx.path("srv/app"));
+    let log = fx
+        .run_unprivileged(&url, &["--lock-timeout", "300ms"], &[])
+        .failed();
+    assert!(log.contains("still held after 300ms"), "{log}");
+    drop(held);
+}
