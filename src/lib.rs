@@ -37,7 +37,7 @@ use crate::manifest::Manifest;
 use crate::query::Outcome;
 use crate::scratch::ScratchDir;
 use crate::state::StateDir;
-use crate::step::{AtStep, Failure, Step};
+use crate::step::{interrupted, AtStep, Failure, Step};
 
 /// This build's version, as `stretcher --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -301,14 +301,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!("worker thread failed: {e}"))?
-}
-
-/// Fails the run if a signal arrived.
-fn interrupted(cancel: &CancellationToken) -> Result<()> {
-    if cancel.is_cancelled() {
-        bail!("interrupted by signal");
-    }
-    Ok(())
 }
 
 /// Runs `fut` unless a signal arrives first.

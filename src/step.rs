@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use tokio_util::sync::CancellationToken;
+
 /// A step of the run, in pipeline order (SPEC section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -68,4 +70,13 @@ impl<T> AtStep<T> for anyhow::Result<T> {
     fn at(self, step: Step) -> Result<T, Failure> {
         self.map_err(|error| Failure { step, error })
     }
+}
+
+/// Fails with `interrupted by signal` once a signal has arrived: the check
+/// every step makes between units of work.
+pub fn interrupted(cancel: &CancellationToken) -> anyhow::Result<()> {
+    if cancel.is_cancelled() {
+        anyhow::bail!("interrupted by signal");
+    }
+    Ok(())
 }

@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::step::interrupted;
+use anyhow::{anyhow, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 mod stream;
@@ -382,13 +383,6 @@ fn read_head(file: &mut File, head: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn interrupted(cancel: &CancellationToken) -> Result<()> {
-    if cancel.is_cancelled() {
-        bail!("interrupted by signal");
-    }
-    Ok(())
 }
 
 /// Whether we run as root (and so keep owners, as `tar xf` does).

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::step::interrupted;
 use anyhow::{anyhow, bail, Context, Result};
 use filetime::FileTime;
 use tokio_util::sync::CancellationToken;
@@ -349,8 +350,8 @@ impl<'a> Writer<'a> {
         let mut check = |n: usize| -> Result<()> {
             let before = done / CANCEL_EVERY;
             done += n as u64;
-            if done / CANCEL_EVERY != before && self.cancel.is_cancelled() {
-                bail!("interrupted by signal");
+            if done / CANCEL_EVERY != before {
+                interrupted(self.cancel)?;
             }
             Ok(())
         };
