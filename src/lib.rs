@@ -23,7 +23,6 @@ pub mod template;
 pub mod units;
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ use crate::event::{Event, Invocation};
 use crate::hooks::{Hooks, Phase};
 use crate::manifest::Manifest;
 use crate::query::Outcome;
-use crate::scratch::ScratchDir;
 use crate::state::StateDir;
 use crate::step::{interrupted, AtStep, Failure, Step};
 
@@ -216,8 +214,9 @@ async fn load_manifest(
 }
 
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,
-/// `pre`, extract, chmod, sync, `post`. The temp file and dir are removed,
-/// and the lock released, on return.
+/// `pre`, place the archive into dest (the strategy's job: extract and
+/// sync, or stream), `post`. The temp file and dir are removed, and the lock
+/// released, on return.
 async fn deploy(
     m: &Manifest,
     config: &Config,
@@ -260,34 +259,25 @@ async fn deploy(
     hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
     interrupted(cancel).at(Step::Pre)?;
 
-    let dir = ScratchDir::new("stretcher_src").at(Step::Extract)?;
-    let archive = download.path().to_path_buf();
-    ::log::info!(
-        "Extract archive: {} to {}",
-        archive.display(),
-        dir.path().display()
-    );
-    let (root, src, stop) = (dir.path().to_path_buf(), m.src.clone(), cancel.clone());
-    let max_size = config.max_extract_size;
-    blocking(move || archive::extract(&archive, &root, &src, max_size, &stop))
-        .await
-        .at(Step::Extract)?;
-    drop(download);
-    interrupted(cancel).at(Step::Extract)?;
-
-    ::log::info!("Set dest mode {:04o}", m.dest_mode());
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m.dest_mode()))
-        .with_context(|| format!("chmod {}", dir.path().display()))
-        .at(Step::Extract)?;
-
-    let (from, to, stop) = (
-        dir.path().to_path_buf(),
+    let (archive, src, dest) = (
+        download.path().to_path_buf(),
+        m.src.clone(),
         Path::new(&m.dest).to_path_buf(),
-        cancel.clone(),
     );
-    blocking(move || strategy.sync(&from, &to, &stop))
-        .await
-        .at(Step::Sync)?;
+    let (dest_mode, max_size, stop) = (m.dest_mode(), config.max_extract_size, cancel.clone());
+    let placed = blocking(move || {
+        let job = sync::Job {
+            archive: &archive,
+            src: &src,
+            dest: &dest,
+            dest_mode,
+            max_size,
+            cancel: &stop,
+        };
+        Ok(strategy.place(&job))
+    });
+    placed.await.at(Step::Sync)??;
+    drop(download);
     interrupted(cancel).at(Step::Sync)?;
 
     hooks

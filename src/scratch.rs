@@ -30,17 +30,23 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if std::fs::remove_dir_all(&self.path).is_ok() {
-            return;
-        }
-        // A read-only dir cannot be emptied: make every dir writable first.
-        make_dirs_writable(&self.path);
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+        if let Err(e) = remove_tree(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::info!("could not remove {}: {e}", self.path.display());
             }
         }
     }
+}
+
+/// Removes the directory `dir` and everything in it, read-only
+/// directories included.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    if std::fs::remove_dir_all(dir).is_ok() {
+        return Ok(());
+    }
+    // A read-only dir cannot be emptied: make every dir writable first.
+    make_dirs_writable(dir);
+    std::fs::remove_dir_all(dir)
 }
 
 /// Adds owner rwx to `dir` and every dir below it (symlinks not followed).

@@ -27,14 +27,15 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::thread::JoinHandle;
 
 use crate::step::interrupted;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 mod stream;
 mod write;
 
+pub(crate) use stream::{Kind, Member};
 use stream::{NotTar, TarStream};
-use write::{SizeLimit, Writer};
+use write::Writer;
 
 /// The default for `--max-extract-size`, when the extraction filesystem
 /// has more free space than this.
@@ -175,6 +176,113 @@ impl Compression {
     }
 }
 
+/// Where checked members go, one at a time in archive order: an extraction
+/// dir ([`extract`]) or, for `sync_strategy: native`, dest itself.
+pub(crate) trait Sink {
+    /// Places `m`, reading its data (if it wants it) from `data`.
+    fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()>;
+}
+
+/// The decompressed tar stream every [`Sink`] reads from.
+type Stream = TarStream<Box<dyn BufRead + Send>>;
+
+/// The data of the member being placed, read at most once.
+pub(crate) struct Data<'a> {
+    tar: &'a mut Stream,
+    cancel: &'a CancellationToken,
+}
+
+impl Data<'_> {
+    /// Writes the member's data into `file`, leaving a sparse member's holes
+    /// as holes, and checking for a signal every few MiB.
+    pub fn write_to(&mut self, m: &Member, file: &File) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let cancel = self.cancel;
+        let mut done: u64 = 0;
+        let mut check = |n: usize| -> Result<()> {
+            let before = done / CANCEL_EVERY;
+            done += n as u64;
+            if done / CANCEL_EVERY != before {
+                interrupted(cancel)?;
+            }
+            Ok(())
+        };
+        match &m.sparse {
+            None => self.tar.copy_data(m.size, |chunk| {
+                (&*file).write_all(chunk)?;
+                check(chunk.len())
+            }),
+            Some(sparse) => {
+                for &(offset, len) in &sparse.regions {
+                    let mut at = offset;
+                    self.tar.copy_data(len, |chunk| {
+                        file.write_all_at(chunk, at)?;
+                        at += chunk.len() as u64;
+                        check(chunk.len())
+                    })?;
+                }
+                Ok(file.set_len(sparse.size)?)
+            }
+        }
+    }
+}
+
+impl Data<'_> {
+    /// The data of a small regular member (at most 1 MiB).
+    pub fn read_small(&mut self, m: &Member) -> Result<Vec<u8>> {
+        if m.size > 1 << 20 || m.sparse.is_some() {
+            bail!("{} is larger than 1 MiB", m.name);
+        }
+        let mut out = Vec::with_capacity(m.size as usize);
+        self.tar.copy_data(m.size, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Check for a signal this often inside a member's data.
+const CANCEL_EVERY: u64 = 4 << 20;
+
+/// `--max-extract-size` as it applies to one run: member data bytes are
+/// charged before they are written.
+pub(crate) struct Budget {
+    limit: Option<SizeLimit>,
+    spent: u64,
+}
+
+impl Budget {
+    /// The budget for writing into `dir` (whose filesystem's free space
+    /// bounds the default).
+    pub fn new(max_size: MaxSize, dir: &Path) -> Result<Self> {
+        Ok(Budget {
+            limit: max_size.resolve(dir)?,
+            spent: 0,
+        })
+    }
+
+    /// Charges `bytes` for writing member `name`; fails past the limit.
+    pub fn charge(&mut self, bytes: u64, name: &str) -> Result<()> {
+        self.spent = self.spent.saturating_add(bytes);
+        match &self.limit {
+            Some(limit) if self.spent > limit.bytes => bail!(
+                "archive expands past {} (--max-extract-size): stopped at {name}",
+                limit.label
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A resolved `--max-extract-size`.
+struct SizeLimit {
+    bytes: u64,
+    /// How the error names it: `50 GiB`, or the free space and where.
+    label: String,
+}
+
 /// Extracts the archive at `archive` into the existing, empty directory
 /// `dir`, writing at most `max_size` of member data. `name` (the source
 /// URL) leads every error message. A signal (`cancel`) stops the extraction
@@ -186,28 +294,24 @@ pub fn extract(
     max_size: MaxSize,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    extract_from(archive, dir, max_size, cancel).with_context(|| name.to_string())
+    let extracted = (|| {
+        let mut writer = Writer::new(dir, Budget::new(max_size, dir)?)?;
+        apply(archive, &mut writer, cancel)?;
+        writer.finish()
+    })();
+    extracted.with_context(|| name.to_string())
 }
 
-fn extract_from(
-    archive: &Path,
-    dir: &Path,
-    max_size: MaxSize,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let limit = max_size.resolve(dir)?;
+/// Hands every member of the archive at `archive` to `sink`, in archive
+/// order, after the checks every strategy shares: the member limit,
+/// devices and fifos skipped with a log line, a signal between members.
+/// The archive's own errors (not a tar stream, bad compressed data) are
+/// told apart from the sink's.
+pub(crate) fn apply(archive: &Path, sink: &mut dyn Sink, cancel: &CancellationToken) -> Result<()> {
     let input = Input::open(archive)?;
     let compression = input.compression;
     let mut tar = TarStream::new(input.reader);
-    let result = (|| {
-        let mut writer = Writer::new(dir, limit, cancel)?;
-        while let Some(member) = tar.next_member()? {
-            interrupted(cancel)?;
-            writer.member(&member, &mut tar)?;
-        }
-        interrupted(cancel)?;
-        writer.finish()
-    })();
+    let result = each_member(&mut tar, sink, cancel, MAX_MEMBERS);
     // Hang up on the decompressor, then hear how it ended.
     let read_to_the_end = tar.input_ended();
     drop(tar);
@@ -233,6 +337,35 @@ fn extract_from(
             Err(e) => e,
         }),
     }
+}
+
+fn each_member(
+    tar: &mut Stream,
+    sink: &mut dyn Sink,
+    cancel: &CancellationToken,
+    max_members: u64,
+) -> Result<()> {
+    let mut members: u64 = 0;
+    while let Some(m) = tar.next_member()? {
+        interrupted(cancel)?;
+        members += 1;
+        if members > max_members {
+            bail!(
+                "archive has more than {} members (the limit): stopped at {}",
+                crate::units::comma(max_members),
+                m.name
+            );
+        }
+        if let Some(kind) = m.kind.skipped() {
+            ::log::info!(
+                "skipping {kind} member {}: devices, fifos and sockets are not extracted",
+                m.name
+            );
+            continue;
+        }
+        sink.member(&m, &mut Data { tar, cancel })?;
+    }
+    interrupted(cancel)
 }
 
 /// How the decompressor thread ended.
@@ -392,7 +525,7 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// The process umask, read without changing it (Linux `/proc/self/status`).
-fn umask() -> u32 {
+pub(crate) fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

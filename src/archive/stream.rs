@@ -28,7 +28,7 @@ const MAX_REGIONS: usize = 4 << 20;
 
 /// What a member creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// A regular file (also GNU contiguous files and unknown types, as GNU
     /// tar extracts them).
     File,
@@ -61,7 +61,7 @@ impl Kind {
 
 /// The data regions of a sparse file; everything else is a hole.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Sparse {
+pub(crate) struct Sparse {
     /// The file's length.
     pub size: u64,
     /// `(offset, length)` of each data region, in the order its bytes are
@@ -71,7 +71,7 @@ pub(super) struct Sparse {
 
 /// One archive member, decoded from its headers.
 #[derive(Debug)]
-pub(super) struct Member {
+pub(crate) struct Member {
     /// The name as stored, for messages.
     pub name: String,
     /// Where it goes, relative to the extraction dir (empty: the dir itself).

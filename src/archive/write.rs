@@ -11,21 +11,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::step::interrupted;
 use anyhow::{anyhow, bail, Context, Result};
 use filetime::FileTime;
-use tokio_util::sync::CancellationToken;
 
-use super::stream::{Kind, Member, TarStream};
-use super::MAX_MEMBERS;
-use crate::units::comma;
-
-/// Check for a signal this often inside a member's data.
-const CANCEL_EVERY: u64 = 4 << 20;
+use super::stream::{Kind, Member};
+use super::{Budget, Data, Sink};
 
 /// A directory's metadata, applied after every member is written.
 struct DirMeta {
@@ -46,37 +39,19 @@ pub(super) struct Writer<'a> {
     ids: (u32, u32),
     /// New files take their group from a setgid dir: always chown.
     setgid_dir: bool,
-    cancel: &'a CancellationToken,
     /// Directories known to exist (physical relative paths).
     made: HashSet<PathBuf>,
     /// Symlinks in the tree (physical relative paths).
     symlinks: HashSet<PathBuf>,
     /// Directory members by physical relative path: the last one wins.
     dirs: BTreeMap<PathBuf, DirMeta>,
-    /// The most member data bytes to write, if any.
-    limit: Option<SizeLimit>,
-    /// Member data bytes written (or about to be) so far.
-    written: u64,
-    /// Members read so far.
-    members: u64,
-    /// [`MAX_MEMBERS`], lowered in tests.
-    max_members: u64,
-}
-
-/// A resolved `--max-extract-size`.
-pub(super) struct SizeLimit {
-    pub bytes: u64,
-    /// How the error names it: `50 GiB`, or the free space and where.
-    pub label: String,
+    /// `--max-extract-size`, charged for every file member.
+    budget: Budget,
 }
 
 impl<'a> Writer<'a> {
     /// A writer into the existing, empty directory `dir`.
-    pub fn new(
-        dir: &'a Path,
-        limit: Option<SizeLimit>,
-        cancel: &'a CancellationToken,
-    ) -> Result<Self> {
+    pub fn new(dir: &'a Path, budget: Budget) -> Result<Self> {
         let real_dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
@@ -91,66 +66,38 @@ impl<'a> Writer<'a> {
             umask: super::umask(),
             ids,
             setgid_dir: meta.mode() & 0o2000 != 0,
-            cancel,
             made: HashSet::new(),
             symlinks: HashSet::new(),
             dirs: BTreeMap::new(),
-            limit,
-            written: 0,
-            members: 0,
-            max_members: MAX_MEMBERS,
+            budget,
         })
     }
+}
 
-    /// Writes `m`, reading its data from `tar`.
-    pub fn member<R: std::io::BufRead>(
-        &mut self,
-        m: &Member,
-        tar: &mut TarStream<R>,
-    ) -> Result<()> {
-        self.members += 1;
-        if self.members > self.max_members {
-            bail!(
-                "archive has more than {} members (the limit): stopped at {}",
-                comma(self.max_members),
-                m.name
-            );
-        }
-        if let Some(kind) = m.kind.skipped() {
-            ::log::info!(
-                "skipping {kind} member {}: devices, fifos and sockets are not extracted",
-                m.name
-            );
-            return Ok(());
-        }
+impl Sink for Writer<'_> {
+    /// Writes `m` at its place in the extraction dir.
+    fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
         if m.kind == Kind::File {
-            self.written = self.written.saturating_add(m.size);
-            if let Some(limit) = &self.limit {
-                if self.written > limit.bytes {
-                    bail!(
-                        "archive expands past {} (--max-extract-size): stopped at {}",
-                        limit.label,
-                        m.name
-                    );
-                }
-            }
+            self.budget.charge(m.size, &m.name)?;
         }
         let rel = self.place(&m.path, &m.name)?;
         let path = self.dir.join(&rel);
         match m.kind {
             Kind::Dir => self.dir_member(m, rel, &path),
             Kind::File => self
-                .file(m, &rel, &path, tar)
+                .file(m, &rel, &path, data)
                 .with_context(|| format!("extracting {} to {}", m.name, path.display())),
             Kind::Symlink => self
                 .symlink(m, rel, &path)
                 .with_context(|| format!("extracting symlink {} to {}", m.name, path.display())),
             Kind::HardLink => self.hard_link(m, rel, &path),
-            // Not extracted: skipped before `place`, above.
+            // Never handed to a sink.
             Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => Ok(()),
         }
     }
+}
 
+impl Writer<'_> {
     /// Applies directory metadata, deepest first, to paths that are still
     /// directories.
     pub fn finish(self) -> Result<()> {
@@ -326,13 +273,7 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    fn file<R: std::io::BufRead>(
-        &mut self,
-        m: &Member,
-        rel: &Path,
-        path: &Path,
-        tar: &mut TarStream<R>,
-    ) -> Result<()> {
+    fn file(&mut self, m: &Member, rel: &Path, path: &Path, data: &mut Data<'_>) -> Result<()> {
         let mode = self.mode(m);
         let owner = self.owner(m)?;
         // Created with the permission bits it will keep where the kernel's
@@ -346,32 +287,7 @@ impl<'a> Writer<'a> {
                 .mode(m.mode & 0o777)
                 .open(path)
         })?;
-        let mut done: u64 = 0;
-        let mut check = |n: usize| -> Result<()> {
-            let before = done / CANCEL_EVERY;
-            done += n as u64;
-            if done / CANCEL_EVERY != before {
-                interrupted(self.cancel)?;
-            }
-            Ok(())
-        };
-        match &m.sparse {
-            None => tar.copy_data(m.size, |chunk| {
-                (&file).write_all(chunk)?;
-                check(chunk.len())
-            })?,
-            Some(sparse) => {
-                for &(offset, len) in &sparse.regions {
-                    let mut at = offset;
-                    tar.copy_data(len, |chunk| {
-                        file.write_all_at(chunk, at)?;
-                        at += chunk.len() as u64;
-                        check(chunk.len())
-                    })?;
-                }
-                file.set_len(sparse.size)?;
-            }
-        }
+        data.write_to(m, &file)?;
         if let Some((uid, gid)) = owner {
             if self.setgid_dir || (uid, gid) != self.ids {
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).context("chown")?;
@@ -418,7 +334,9 @@ impl<'a> Writer<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{each_member, MaxSize, TarStream, MAX_MEMBERS};
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -433,16 +351,11 @@ mod tests {
 
     fn write_all(data: &[u8], dir: &Path, limit: Option<u64>, max_members: u64) -> Result<()> {
         let cancel = CancellationToken::new();
-        let limit = limit.map(|bytes| SizeLimit {
-            bytes,
-            label: format!("{bytes} bytes"),
-        });
-        let mut writer = Writer::new(dir, limit, &cancel)?;
-        writer.max_members = max_members;
-        let mut tar = TarStream::new(data);
-        while let Some(m) = tar.next_member()? {
-            writer.member(&m, &mut tar)?;
-        }
+        let max_size = limit.map_or(MaxSize::Unlimited, MaxSize::from_flag);
+        let mut writer = Writer::new(dir, Budget::new(max_size, dir)?)?;
+        let reader: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
+        let mut tar = TarStream::new(reader);
+        each_member(&mut tar, &mut writer, &cancel, max_members)?;
         writer.finish()
     }
 

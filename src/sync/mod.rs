@@ -1,22 +1,51 @@
-//! Moving the extracted tree into `dest`: one strategy per file behind one
-//! trait, chosen by the manifest's `sync_strategy`.
+//! Placing a verified archive into `dest`: one strategy per file behind one
+//! trait, chosen by the manifest's `sync_strategy`. `rsync` and `mv`
+//! extract into a private temp dir first, then move that tree; `native`
+//! streams the archive into `dest` itself. Every strategy reads members
+//! through [`crate::archive`], so the extraction safety rules live in one
+//! place.
 
+mod excludes;
 mod mv;
+mod native;
 mod rsync;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{self, MaxSize};
+use crate::scratch::ScratchDir;
+use crate::step::{interrupted, AtStep, Failure, Step};
+
+pub use excludes::Excludes;
 pub use mv::Mv;
+pub use native::Native;
 pub use rsync::Rsync;
 
-/// Makes `to` hold exactly the tree at `from`.
-pub trait SyncStrategy: Send + Sync {
-    /// Syncs the extracted tree `from` into `to`. Blocking; stops early
-    /// (with an error) when `cancel` fires.
-    fn sync(&self, from: &Path, to: &Path, cancel: &CancellationToken) -> Result<()>;
+/// A verified archive and where it goes.
+pub struct Job<'a> {
+    /// The downloaded archive, its checksum verified.
+    pub archive: &'a Path,
+    /// Its source URL, for messages.
+    pub src: &'a str,
+    /// The manifest's `dest`.
+    pub dest: &'a Path,
+    /// The manifest's `dest_mode`, for dest's root.
+    pub dest_mode: u32,
+    /// `--max-extract-size`.
+    pub max_size: MaxSize,
+    /// The first SIGINT/SIGTERM: stop, leaving no temp file behind.
+    pub cancel: &'a CancellationToken,
+}
+
+/// Makes `dest` hold exactly the archive's tree.
+pub trait Strategy: Send + Sync {
+    /// Places the job's archive into its dest. Blocking; stops early (with
+    /// an error) when the job's `cancel` fires.
+    fn place(&self, job: &Job<'_>) -> Result<(), Failure>;
 }
 
 /// Manifest settings a strategy needs.
@@ -24,17 +53,39 @@ pub trait SyncStrategy: Send + Sync {
 pub struct Settings {
     /// rsync `--exclude` patterns, in order.
     pub excludes: Vec<String>,
-    /// rsync `--exclude-from` file, relative to the extracted tree.
+    /// rsync `--exclude-from` file, relative to the archive's root.
     pub exclude_from: String,
     /// rsync verbosity argument; empty adds none.
     pub rsync_verbose: String,
 }
 
-/// Picks the strategy named in the manifest (`""` is rsync).
-pub fn from_name(name: &str, settings: Settings) -> Result<Box<dyn SyncStrategy>> {
+/// Picks the strategy named in the manifest (`""` is rsync). Settings a
+/// strategy cannot honour exactly are refused here, before any download.
+pub fn from_name(name: &str, settings: Settings) -> Result<Box<dyn Strategy>> {
     match name {
         "" | "rsync" => Ok(Box::new(Rsync(settings))),
         "mv" => Ok(Box::new(Mv)),
+        "native" => Ok(Box::new(Native::new(settings)?)),
         _ => bail!("invalid strategy name: {name}"),
     }
+}
+
+/// Extracts the job's archive into a private temp dir and gives its root
+/// `dest_mode` (SPEC 5, steps 5 and 6): the tree `rsync` and `mv` sync
+/// from.
+fn extract_to_scratch(job: &Job<'_>) -> Result<ScratchDir, Failure> {
+    let dir = ScratchDir::new("stretcher_src").at(Step::Extract)?;
+    log::info!(
+        "Extract archive: {} to {}",
+        job.archive.display(),
+        dir.path().display()
+    );
+    archive::extract(job.archive, dir.path(), job.src, job.max_size, job.cancel)
+        .at(Step::Extract)?;
+    interrupted(job.cancel).at(Step::Extract)?;
+    log::info!("Set dest mode {:04o}", job.dest_mode);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(job.dest_mode))
+        .with_context(|| format!("chmod {}", dir.path().display()))
+        .at(Step::Extract)?;
+    Ok(dir)
 }

@@ -7,23 +7,26 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tokio_util::sync::CancellationToken;
 
-use super::SyncStrategy;
+use super::{extract_to_scratch, Job, Strategy};
+use crate::step::{AtStep, Failure, Step};
 
 /// Rename (or copy + rename) the extracted tree into place.
 pub struct Mv;
 
-impl SyncStrategy for Mv {
-    fn sync(&self, from: &Path, to: &Path, _cancel: &CancellationToken) -> Result<()> {
-        log::info!("Rename srcdir {} to dest {}", from.display(), to.display());
-        match fs::rename(from, to) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_then_rename(from, to),
-            Err(e) => {
-                Err(e).with_context(|| format!("rename {} to {}", from.display(), to.display()))
-            }
-        }
+impl Strategy for Mv {
+    fn place(&self, job: &Job<'_>) -> Result<(), Failure> {
+        let tree = extract_to_scratch(job)?;
+        rename(tree.path(), job.dest).at(Step::Sync)
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    log::info!("Rename srcdir {} to dest {}", from.display(), to.display());
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_then_rename(from, to),
+        Err(e) => Err(e).with_context(|| format!("rename {} to {}", from.display(), to.display())),
     }
 }
 

@@ -11,7 +11,8 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::{Settings, SyncStrategy};
+use super::{extract_to_scratch, Job, Settings, Strategy};
+use crate::step::{AtStep, Failure, Step};
 
 /// How often a running rsync is checked for exit or a signal.
 const POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -99,7 +100,14 @@ fn with_slash(p: &Path) -> String {
     }
 }
 
-impl SyncStrategy for Rsync {
+impl Strategy for Rsync {
+    fn place(&self, job: &Job<'_>) -> Result<(), Failure> {
+        let tree = extract_to_scratch(job)?;
+        self.sync(tree.path(), job.dest, job.cancel).at(Step::Sync)
+    }
+}
+
+impl Rsync {
     fn sync(&self, from: &Path, to: &Path, cancel: &CancellationToken) -> Result<()> {
         if self.move_into_empty_dest(from, to) {
             return Ok(());
