@@ -16,7 +16,7 @@
 //! refused, as is a hard link to an excluded member: `dest` holds files
 //! from earlier deploys, so nothing is ever written through a link.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -65,6 +65,9 @@ impl Strategy for Native {
             let budget = Budget::new(job.max_size, job.dest)?;
             let mut placer = Placer::new(job.dest, excludes, budget)?;
             archive::apply(job.archive, &mut placer, job.cancel)?;
+            if !placer.pending.is_empty() {
+                placer.place_pending(job)?;
+            }
             placer.finish(job.dest_mode, job.cancel)
         })();
         placed.with_context(|| job.src.to_string()).at(Step::Sync)
@@ -149,8 +152,16 @@ struct Placer<'a> {
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// Directories known to be real directories in dest now.
     made: HashSet<PathBuf>,
-    /// Files written by this run (a later duplicate is written again).
+    /// Paths this run wrote or replaced.
     written: HashSet<PathBuf>,
+    /// Size and mtime of regular files this run replaced, as they were:
+    /// what rsync's quick check would have compared a later duplicate
+    /// member with.
+    originals: HashMap<PathBuf, (u64, i64, u32)>,
+    /// Members read so far.
+    index: u64,
+    /// Hard links to excluded members, placed by a second read.
+    pending: Vec<Pending>,
     /// Symlinks the archive placed.
     symlinks: HashSet<PathBuf>,
     counts: Counts,
@@ -159,6 +170,11 @@ struct Placer<'a> {
 impl Sink for Placer<'_> {
     fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
         let rel = m.path.as_path();
+        self.index += 1;
+        if !self.pending.is_empty() {
+            // A later member at the same path wins, as with tar.
+            self.pending.retain(|p| p.rel != rel);
+        }
         if rel.as_os_str().is_empty() {
             let meta = self.dir_meta(m)?;
             self.dirs.insert(PathBuf::new(), meta);
@@ -178,9 +194,24 @@ impl Sink for Placer<'_> {
             self.symlinks.remove(rel);
         }
         if self.excludes.excludes_here_or_above(rel, m.kind == Kind::Dir) {
+            // Its parents are in the tree all the same, up to an excluded one.
+            let kept = rel
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .take_while(|a| !self.excludes.excludes(a, true))
+                .last();
+            if let Some(dir) = kept {
+                self.make_dirs(dir, &m.name)?;
+            }
             return Ok(());
         }
-        self.make_parents(rel, &m.name)?;
+        if let Some(parent) = rel.parent() {
+            self.make_dirs(parent, &m.name)?;
+        }
         let path = self.dest.join(rel);
         match m.kind {
             Kind::Dir => self.dir(m, rel, &path),
@@ -222,6 +253,9 @@ impl<'a> Placer<'a> {
             dirs,
             made: HashSet::new(),
             written: HashSet::new(),
+            originals: HashMap::new(),
+            index: 0,
+            pending: Vec::new(),
             symlinks: HashSet::new(),
             counts: Counts::default(),
         })
@@ -254,13 +288,11 @@ impl<'a> Placer<'a> {
         })
     }
 
-    /// Makes every directory above `rel` a real directory in dest: made
-    /// when missing, replacing a file or symlink left by an earlier deploy.
-    fn make_parents(&mut self, rel: &Path, name: &str) -> Result<()> {
-        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
-            return Ok(());
-        };
-        if self.made.contains(parent) {
+    /// Makes `parent` and every directory above it real directories in
+    /// dest: made when missing, replacing a file or symlink left by an
+    /// earlier deploy.
+    fn make_dirs(&mut self, parent: &Path, name: &str) -> Result<()> {
+        if parent.as_os_str().is_empty() || self.made.contains(parent) {
             return Ok(());
         }
         let mut missing: Vec<&Path> = parent
@@ -300,7 +332,8 @@ impl<'a> Placer<'a> {
                         .with_context(|| format!("chmod {}", path.display()))?;
                 }
             }
-            Ok(_) => {
+            Ok(meta) => {
+                self.note_original(rel, &meta);
                 fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
                 fs::create_dir(path).with_context(|| format!("mkdir {}", path.display()))?;
             }
@@ -315,7 +348,6 @@ impl<'a> Placer<'a> {
 
     fn dir(&mut self, m: &Member, rel: &Path, path: &Path) -> Result<()> {
         if !self.made.contains(rel) {
-            self.written.remove(rel);
             self.ensure_dir(rel, path)?;
         }
         let meta = self.dir_meta(m)?;
@@ -331,9 +363,10 @@ impl<'a> Placer<'a> {
             owner: self.owner(m)?,
             mtime: mtime_of(m),
         };
-        if let Some(meta) = self.unchanged(rel, path, size, want.mtime)? {
-            return fix_in_place(path, meta, &want);
-        }
+        let want = match self.quick_check(rel, path, size, want)? {
+            Check::Same(meta, want) => return fix_in_place(path, meta, &want),
+            Check::Differs(want) => want,
+        };
         self.budget.charge(m.size, &m.name)?;
         self.replace_with_file(rel, path, &want, |file| data.write_to(m, file))
     }
@@ -345,16 +378,22 @@ impl<'a> Placer<'a> {
             .ancestors()
             .skip(1)
             .any(|a| self.symlinks.contains(a));
+        if !through_link
+            && !self.seen.contains(target)
+            && (self.excludes.excludes_here_or_above(target, false)
+                || self.excludes.excludes_here_or_above(target, true))
+        {
+            // Its data has gone by: read the archive again at the end.
+            self.seen.insert(rel.to_path_buf());
+            self.pending.push(Pending {
+                index: self.index,
+                rel: rel.to_path_buf(),
+                target: target.to_path_buf(),
+                name: m.name.clone(),
+            });
+            return Ok(());
+        }
         if through_link || !self.seen.contains(target) {
-            if self.excludes.excludes_here_or_above(target, false)
-                || self.excludes.excludes_here_or_above(target, true)
-            {
-                bail!(
-                    "hard link {} to the excluded {}: sync_strategy native cannot place it",
-                    m.name,
-                    target.display()
-                );
-            }
             bail!("hard link {} to {}: no such member", m.name, target.display());
         }
         let source = self.dest.join(target);
@@ -375,9 +414,10 @@ impl<'a> Placer<'a> {
             owner,
             mtime,
         };
-        if let Some(meta) = self.unchanged(rel, path, meta.len(), mtime)? {
-            return fix_in_place(path, meta, &want);
-        }
+        let want = match self.quick_check(rel, path, meta.len(), want)? {
+            Check::Same(meta, want) => return fix_in_place(path, meta, &want),
+            Check::Differs(want) => want,
+        };
         self.budget.charge(meta.len(), &m.name)?;
         self.replace_with_file(rel, path, &want, |file| {
             let mut from =
@@ -387,31 +427,44 @@ impl<'a> Placer<'a> {
         })
     }
 
-    /// rsync's quick check: dest holds a regular file of this size and
-    /// mtime (to the second), not written earlier in this run. Its
-    /// metadata, if so.
-    fn unchanged(
-        &mut self,
-        rel: &Path,
-        path: &Path,
-        size: u64,
-        mtime: FileTime,
-    ) -> Result<Option<fs::Metadata>> {
+    /// rsync's quick check, against what dest held before this run: a
+    /// regular file of this size and mtime (to the second) is not written.
+    /// When this run already replaced the file (the archive holds the path
+    /// twice), dest's original is gone: if it would have passed, the new
+    /// file keeps its mtime, as rsync leaves it.
+    fn quick_check(&mut self, rel: &Path, path: &Path, size: u64, want: Wanted) -> Result<Check> {
         self.seen.insert(rel.to_path_buf());
+        let secs = want.mtime.unix_seconds();
+        if self.written.contains(rel) {
+            return Ok(match self.originals.get(rel) {
+                Some(&(len, s, nanos)) if (len, s) == (size, secs) => Check::Differs(Wanted {
+                    mtime: FileTime::from_unix_time(s, nanos),
+                    ..want
+                }),
+                _ => Check::Differs(want),
+            });
+        }
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Check::Differs(want)),
             Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
         };
-        let same = meta.is_file()
-            && meta.len() == size
-            && meta.mtime() == mtime.unix_seconds()
-            && !self.written.contains(rel);
-        if !same {
-            return Ok(None);
+        if meta.is_file() && meta.len() == size && meta.mtime() == secs {
+            self.counts.unchanged += 1;
+            return Ok(Check::Same(meta, want));
         }
-        self.counts.unchanged += 1;
-        Ok(Some(meta))
+        Ok(Check::Differs(want))
+    }
+
+    /// Remembers the regular file at `rel` (`meta`) before this run first
+    /// replaces it.
+    fn note_original(&mut self, rel: &Path, meta: &fs::Metadata) {
+        if meta.is_file() && self.written.insert(rel.to_path_buf()) {
+            let nanos = u32::try_from(meta.mtime_nsec()).unwrap_or(0);
+            self.originals
+                .insert(rel.to_path_buf(), (meta.len(), meta.mtime(), nanos));
+        }
+        self.written.insert(rel.to_path_buf());
     }
 
     /// Writes a new file with `fill` under a temp name beside `path`, gives
@@ -480,9 +533,13 @@ impl<'a> Placer<'a> {
 
     /// Renames `temp` to `path`, first removing a directory in the way.
     fn rename_over(&mut self, rel: &Path, path: &Path, temp: TempName) -> Result<()> {
-        if fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir()) {
-            self.remove_dir(rel, path)?;
-            self.forget_dir(rel);
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                self.remove_dir(rel, path)?;
+                self.forget_dir(rel);
+            }
+            Ok(meta) => self.note_original(rel, &meta),
+            Err(_) => {}
         }
         fs::rename(&temp.0, path).with_context(|| format!("rename to {}", path.display()))?;
         temp.keep();
@@ -638,6 +695,135 @@ impl<'a> Placer<'a> {
     }
 }
 
+impl Placer<'_> {
+    /// Reads the archive again for the members that hard links to excluded
+    /// members point at, and places copies of them at the links' paths.
+    fn place_pending(&mut self, job: &Job<'_>) -> Result<()> {
+        let mut late = Late {
+            placer: self,
+            index: 0,
+            captured: HashMap::new(),
+        };
+        archive::apply(job.archive, &mut late, job.cancel)?;
+        match self.pending.first() {
+            Some(p) => bail!("hard link {} to {}: no such member", p.name, p.target.display()),
+            None => Ok(()),
+        }
+    }
+
+    /// Places what was captured for the pending link `p`.
+    fn place_captured(&mut self, p: &Pending, captured: Captured) -> Result<()> {
+        let path = self.dest.join(&p.rel);
+        match captured {
+            Captured::Symlink(link, owner, mtime) => {
+                self.symlinks.insert(p.rel.clone());
+                self.symlink(&p.rel, &path, &link, owner, mtime)
+            }
+            Captured::File(temp, want, size) => match self.quick_check(&p.rel, &path, size, want)? {
+                Check::Same(meta, want) => fix_in_place(&path, meta, &want),
+                Check::Differs(want) => {
+                    if let Some((uid, gid)) = want.owner {
+                        std::os::unix::fs::lchown(&temp.0, Some(uid), Some(gid)).context("chown")?;
+                    }
+                    fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode))
+                        .context("chmod")?;
+                    filetime::set_file_mtime(&temp.0, want.mtime).context("setting mtime")?;
+                    self.rename_over(&p.rel, &path, temp)?;
+                    self.counts.written += 1;
+                    Ok(())
+                }
+            },
+        }
+        .with_context(|| format!("placing {} at {}", p.name, path.display()))
+    }
+}
+
+/// The second read of the archive, for pending hard links.
+struct Late<'p, 'a> {
+    placer: &'p mut Placer<'a>,
+    index: u64,
+    /// What each pending link (by path) will be: the last member at its
+    /// target before it.
+    captured: HashMap<PathBuf, Captured>,
+}
+
+/// A link target's data or symlink, kept until the link's turn.
+enum Captured {
+    /// A temp file beside the link's path, the metadata and size it gets.
+    File(TempName, Wanted, u64),
+    /// A symlink: its target, owner and mtime.
+    Symlink(PathBuf, Option<(u32, u32)>, FileTime),
+}
+
+impl Sink for Late<'_, '_> {
+    fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
+        self.index += 1;
+        let index = self.index;
+        let (due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.placer.pending)
+            .into_iter()
+            .partition(|p| p.index == index);
+        self.placer.pending = rest;
+        for p in due {
+            let Some(captured) = self.captured.remove(&p.rel) else {
+                bail!("hard link {} to {}: no such member", p.name, p.target.display());
+            };
+            self.placer.place_captured(&p, captured)?;
+        }
+        let waiting: Vec<PathBuf> = self
+            .placer
+            .pending
+            .iter()
+            .filter(|p| p.target == m.path && p.index > index)
+            .map(|p| p.rel.clone())
+            .collect();
+        let Some(first) = waiting.first() else {
+            return Ok(());
+        };
+        for rel in &waiting {
+            self.captured.remove(rel);
+        }
+        match m.kind {
+            Kind::Symlink => {
+                let owner = self.placer.owner(m)?;
+                for rel in waiting {
+                    let c = Captured::Symlink(m.link.clone(), owner, mtime_of(m));
+                    self.captured.insert(rel, c);
+                }
+            }
+            Kind::File => {
+                let want = Wanted {
+                    mode: self.placer.mode(m),
+                    owner: self.placer.owner(m)?,
+                    mtime: mtime_of(m),
+                };
+                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                let temp = TempName::beside(&self.placer.dest.join(first))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp.0)
+                    .with_context(|| format!("creating {}", temp.0.display()))?;
+                self.placer.budget.charge(m.size, &m.name)?;
+                data.write_to(m, &file)?;
+                for rel in &waiting[1..] {
+                    self.placer.budget.charge(m.size, &m.name)?;
+                    let copy = TempName::beside(&self.placer.dest.join(rel))?;
+                    fs::copy(&temp.0, &copy.0)
+                        .with_context(|| format!("creating {}", copy.0.display()))?;
+                    self.captured
+                        .insert(rel.clone(), Captured::File(copy, want, size));
+                }
+                self.captured
+                    .insert(first.clone(), Captured::File(temp, want, size));
+            }
+            // Not a file: the links to it fail when their turn comes.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// Gives an unchanged file (now `meta`) the wanted mode and owner.
 fn fix_in_place(path: &Path, meta: fs::Metadata, want: &Wanted) -> Result<()> {
     let mut mode = meta.mode() & 0o7777;
@@ -654,7 +840,26 @@ fn fix_in_place(path: &Path, meta: fs::Metadata, want: &Wanted) -> Result<()> {
     Ok(())
 }
 
+/// The quick check's verdict, with the metadata the file ends with.
+enum Check {
+    /// Leave the file (now `Metadata`); fix its mode and owner.
+    Same(fs::Metadata, Wanted),
+    /// Write it.
+    Differs(Wanted),
+}
+
+/// A hard link to a member that is excluded (so not in dest): the second
+/// read of the archive copies that member's data.
+struct Pending {
+    /// The link's place in the archive.
+    index: u64,
+    rel: PathBuf,
+    target: PathBuf,
+    name: String,
+}
+
 /// Metadata a placed file ends with.
+#[derive(Clone, Copy)]
 struct Wanted {
     mode: u32,
     owner: Option<(u32, u32)>,

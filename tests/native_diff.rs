@@ -1,0 +1,602 @@
+//! `sync_strategy: native` against the real rsync strategy, on generated
+//! cases: a random tree deployed with rsync (plus files only dest has),
+//! then a random change of it deployed with `rsync` into one copy and with
+//! `native` into another. The two dests must be identical: paths, types,
+//! bytes, modes, owners, mtimes, symlink targets and link counts. When
+//! rsync fails on a case, native must fail too.
+//!
+//! `DIFF_CASES=5000 cargo test --test native_diff` runs more cases;
+//! `DIFF_SEED=N` starts elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use stretcher::archive::MaxSize;
+use stretcher::sync::{self, Job, Settings};
+use tokio_util::sync::CancellationToken;
+
+const DIR_NAMES: &[&str] = &["a", "b", "c", "d.d", "e", "cache"];
+const FILE_NAMES: &[&str] = &[
+    "f1", "f2", "g.log", "h.tmp", "x", "extra", "s p", "fx", "a", "b",
+];
+const LINK_TARGETS: &[&str] = &["f1", "../x", "a/b", "/etc/passwd", "nowhere", ".", "b"];
+const PATTERNS: &[&str] = &[
+    "*.log",
+    "/a",
+    "b/",
+    "a/*/f1",
+    "**/x",
+    "c/**",
+    "[ab]",
+    "f?",
+    "- h.tmp",
+    "/c/d.d/",
+    "*.tmp",
+    "e/",
+    "d.d/**/f2",
+    "extra",
+    "/cache/",
+    "**/b/f2",
+    "*/f?",
+    "[!f]*",
+    "cache",
+];
+const OWNERS: &[(u64, u64)] = &[(0, 0), (1000, 1000), (65534, 65534), (1, 2)];
+
+#[derive(Clone, Debug)]
+enum Node {
+    Dir {
+        mode: u32,
+        meta: Meta,
+    },
+    File {
+        data: Vec<u8>,
+        mode: u32,
+        meta: Meta,
+    },
+    Symlink {
+        target: String,
+        meta: Meta,
+    },
+    /// A hard link to the file at this path.
+    Link(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    mtime: (u64, u32),
+    owner: (u64, u64),
+}
+
+/// A tree: path → node; every parent of a path is a `Dir`.
+type Model = BTreeMap<String, Node>;
+
+struct Gen {
+    rng: StdRng,
+    root: bool,
+}
+
+impl Gen {
+    fn meta(&mut self) -> Meta {
+        let secs = 1_600_000_000 + self.rng.random_range(0..1000);
+        let nanos = if self.rng.random_bool(0.5) {
+            self.rng.random_range(0..1_000_000_000)
+        } else {
+            0
+        };
+        let owner = if self.root {
+            *OWNERS.choose(&mut self.rng).unwrap()
+        } else {
+            (0, 0)
+        };
+        Meta {
+            mtime: (secs, nanos),
+            owner,
+        }
+    }
+
+    fn data(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.rng.random_range(b'a'..=b'z')).collect()
+    }
+
+    fn file(&mut self) -> Node {
+        let len = self.rng.random_range(0..40);
+        let modes: &[u32] = if self.root {
+            &[0o644, 0o600, 0o755, 0o640, 0o444, 0o4755, 0o2750]
+        } else {
+            &[0o644, 0o600, 0o755, 0o640, 0o444]
+        };
+        Node::File {
+            data: self.data(len),
+            mode: *modes.choose(&mut self.rng).unwrap(),
+            meta: self.meta(),
+        }
+    }
+
+    fn dir(&mut self) -> Node {
+        let modes: &[u32] = if self.root {
+            &[0o755, 0o750, 0o700, 0o555, 0o2775, 0o1777]
+        } else {
+            &[0o755, 0o750, 0o700, 0o775]
+        };
+        Node::Dir {
+            mode: *modes.choose(&mut self.rng).unwrap(),
+            meta: self.meta(),
+        }
+    }
+
+    fn symlink(&mut self) -> Node {
+        Node::Symlink {
+            target: LINK_TARGETS.choose(&mut self.rng).unwrap().to_string(),
+            meta: self.meta(),
+        }
+    }
+
+    /// A path for a new entry: under an existing dir (or the root), with a
+    /// name not taken yet.
+    fn free_path(&mut self, model: &Model, dir: bool) -> Option<String> {
+        let dirs: Vec<String> = model
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Dir { .. }))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for _ in 0..10 {
+            let parent = if dirs.is_empty() || self.rng.random_bool(0.3) {
+                String::new()
+            } else {
+                dirs.choose(&mut self.rng).unwrap().clone()
+            };
+            let names = if dir { DIR_NAMES } else { FILE_NAMES };
+            let name = names.choose(&mut self.rng).unwrap();
+            let path = if parent.is_empty() {
+                name.to_string()
+            } else {
+                format!("{parent}/{name}")
+            };
+            if !model.contains_key(&path) && path.matches('/').count() < 4 {
+                return Some(path);
+            }
+        }
+        None
+    }
+
+    fn add(&mut self, model: &mut Model) {
+        let roll = self.rng.random_range(0..100);
+        let files: Vec<String> = model
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::File { .. }))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let is_dir = roll < 25;
+        let Some(path) = self.free_path(model, is_dir) else {
+            return;
+        };
+        let node = match roll {
+            0..=24 => self.dir(),
+            25..=74 => self.file(),
+            75..=89 => self.symlink(),
+            _ if !files.is_empty() => Node::Link(files.choose(&mut self.rng).unwrap().clone()),
+            _ => self.file(),
+        };
+        model.insert(path, node);
+    }
+
+    fn tree(&mut self) -> Model {
+        let mut model = Model::new();
+        for _ in 0..self.rng.random_range(3..30) {
+            self.add(&mut model);
+        }
+        model
+    }
+
+    /// One random change to `model`.
+    fn change(&mut self, model: &mut Model) {
+        let paths: Vec<String> = model.keys().cloned().collect();
+        let Some(path) = paths.choose(&mut self.rng).cloned() else {
+            return self.add(model);
+        };
+        let mtime_bump = self.rng.random_range(1..100);
+        let new_meta = self.meta();
+        let replacement = match self.rng.random_range(0..9) {
+            0 | 1 => return self.add(model),
+            2 => {
+                remove(model, &path);
+                return;
+            }
+            3 => self.file(),
+            4 => self.dir(),
+            5 => self.symlink(),
+            _ => {
+                let Some(node) = model.get_mut(&path) else {
+                    return;
+                };
+                match node {
+                    Node::File { data, mode, meta } => match self.rng.random_range(0..5) {
+                        0 => {
+                            // Same size, new content, mtime moved on.
+                            let len = data.len();
+                            *data = (0..len).map(|_| self.rng.random_range(b'A'..=b'Z')).collect();
+                            meta.mtime.0 += mtime_bump;
+                        }
+                        1 => *mode ^= 0o044,
+                        2 => meta.mtime.1 = (meta.mtime.1 + 1) % 1_000_000_000,
+                        3 => meta.owner = new_meta.owner,
+                        _ => {
+                            data.push(b'!');
+                        }
+                    },
+                    Node::Dir { mode, meta } => {
+                        *mode ^= 0o005;
+                        meta.mtime.0 += mtime_bump;
+                    }
+                    Node::Symlink { target, meta } => {
+                        if self.rng.random_bool(0.5) {
+                            target.push('2');
+                        } else {
+                            meta.mtime.0 += mtime_bump;
+                        }
+                    }
+                    Node::Link(_) => {}
+                }
+                return;
+            }
+        };
+        // A type swap (or a new node of the same type).
+        remove(model, &path);
+        model.insert(path, replacement);
+    }
+}
+
+/// Removes `path` and everything below it; hard links to removed files
+/// become files of their own.
+fn remove(model: &mut Model, path: &str) {
+    let prefix = format!("{path}/");
+    model.retain(|p, _| p != path && !p.starts_with(&prefix));
+    fix_links(model);
+}
+
+/// Makes every hard link point at a file that exists.
+fn fix_links(model: &mut Model) {
+    let files: BTreeSet<String> = model
+        .iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| p.clone())
+        .collect();
+    for node in model.values_mut() {
+        if let Node::Link(target) = node {
+            if !files.contains(target) {
+                *node = Node::File {
+                    data: b"was a link".to_vec(),
+                    mode: 0o644,
+                    meta: Meta {
+                        mtime: (1_600_000_000, 0),
+                        owner: (0, 0),
+                    },
+                };
+            }
+        }
+    }
+}
+
+/// A tar of `model` in random order: hard links after their targets,
+/// some directories left implied, sometimes a `./` member, and sometimes
+/// an earlier member at a file's path that the file then replaces.
+/// Returns the archive and the paths whose last member is a directory
+/// ("" for `./`).
+fn archive(g: &mut Gen, model: &Model) -> (Vec<u8>, BTreeSet<String>) {
+    let mut members: Vec<(String, Node)> = Vec::new();
+    let mut links = Vec::new();
+    for (path, node) in model {
+        match node {
+            Node::Link(_) => links.push((path.clone(), node.clone())),
+            Node::Dir { .. } if g.rng.random_bool(0.2) => {}
+            _ => members.push((path.clone(), node.clone())),
+        }
+    }
+    members.shuffle(&mut g.rng);
+    links.shuffle(&mut g.rng);
+    let mut ordered = Vec::new();
+    for (path, node) in members {
+        if !matches!(node, Node::Dir { .. }) && g.rng.random_bool(0.1) {
+            let decoy = match g.rng.random_range(0..3) {
+                0 => g.dir(),
+                1 => g.symlink(),
+                _ => {
+                    let mut f = g.file();
+                    if let Node::File { meta, .. } = &mut f {
+                        meta.mtime.0 = 1_500_000_000;
+                    }
+                    f
+                }
+            };
+            ordered.push((path.clone(), decoy));
+        }
+        ordered.push((path, node));
+    }
+    ordered.extend(links);
+    if g.rng.random_bool(0.5) {
+        let root = g.dir();
+        let at = g.rng.random_range(0..=ordered.len());
+        ordered.insert(at, (String::new(), root));
+    }
+    let mut explicit = BTreeSet::new();
+    for (path, node) in &ordered {
+        if matches!(node, Node::Dir { .. }) {
+            explicit.insert(path.clone());
+        } else {
+            explicit.remove(path);
+        }
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, node) in &ordered {
+        append(&mut b, path, node);
+    }
+    (b.into_inner().unwrap(), explicit)
+}
+
+fn append(b: &mut tar::Builder<Vec<u8>>, path: &str, node: &Node) {
+    let mut h = tar::Header::new_ustar();
+    let meta = match node {
+        Node::Dir { meta, .. } | Node::File { meta, .. } | Node::Symlink { meta, .. } => *meta,
+        Node::Link(_) => Meta {
+            mtime: (1_600_000_000, 0),
+            owner: (0, 0),
+        },
+    };
+    h.set_mtime(meta.mtime.0);
+    h.set_uid(meta.owner.0);
+    h.set_gid(meta.owner.1);
+    if meta.mtime.1 != 0 {
+        let mtime = format!("{}.{:09}", meta.mtime.0, meta.mtime.1);
+        b.append_pax_extensions([("mtime", mtime.as_bytes())])
+            .unwrap();
+    }
+    let name = if path.is_empty() { "." } else { path };
+    match node {
+        Node::Dir { mode, .. } => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(*mode);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{name}/"), &[][..]).unwrap();
+        }
+        Node::File { data, mode, .. } => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(*mode);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        Node::Symlink { target, .. } => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        Node::Link(target) => {
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_mode(0o644);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+    }
+}
+
+/// What the comparison sees of one path.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    kind: &'static str,
+    mode: u32,
+    owner: (u32, u32),
+    /// Seconds and nanoseconds; `None` for a directory the archive only
+    /// implies (rsync copies the temp tree's fresh mtime there).
+    mtime: Option<(i64, i64)>,
+    bytes: Vec<u8>,
+    nlink: u64,
+}
+
+fn snapshot(dir: &Path, explicit: &BTreeSet<String>) -> BTreeMap<String, Seen> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(&rel)
+        };
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mtime = Some((meta.mtime(), meta.mtime_nsec()));
+        let (kind, mtime, bytes) = if meta.is_dir() {
+            for e in std::fs::read_dir(&path).unwrap() {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                stack.push(if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                });
+            }
+            ("dir", mtime.filter(|_| explicit.contains(&rel)), vec![])
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            ("symlink", mtime, target.display().to_string().into_bytes())
+        } else {
+            ("file", mtime, std::fs::read(&path).unwrap())
+        };
+        let seen = Seen {
+            kind,
+            mode: if kind == "symlink" {
+                0
+            } else {
+                meta.mode() & 0o7777
+            },
+            owner: (meta.uid(), meta.gid()),
+            mtime,
+            bytes,
+            nlink: if kind == "dir" { 0 } else { meta.nlink() },
+        };
+        out.insert(rel, seen);
+    }
+    out
+}
+
+fn place(strategy: &str, archive: &Path, dest: &Path, settings: &Settings, dest_mode: u32) -> Result<(), String> {
+    let strategy = sync::from_name(strategy, settings.clone()).map_err(|e| format!("{e:#}"))?;
+    let cancel = CancellationToken::new();
+    let job = Job {
+        archive,
+        src: "file:///case.tar",
+        dest,
+        dest_mode,
+        max_size: MaxSize::Unlimited,
+        cancel: &cancel,
+    };
+    strategy.place(&job).map_err(|e| e.to_string())
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(ok.success());
+}
+
+/// Runs one case; `Err` describes a difference.
+fn case(seed: u64, work: &Path) -> Result<(), String> {
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+        root: common_is_root(),
+    };
+    let dir = work.join(format!("case{seed}"));
+    std::fs::create_dir(&dir).unwrap();
+    let dest_mode = *[0o755u32, 0o750, 0o700].choose(&mut g.rng).unwrap();
+
+    // The starting dest: a tree deployed with rsync, plus files of its own.
+    let v1 = g.tree();
+    let (tar1, _) = archive(&mut g, &v1);
+    let base = dir.join("base");
+    std::fs::write(dir.join("v1.tar"), &tar1).unwrap();
+    place("rsync", &dir.join("v1.tar"), &base, &Settings::default(), dest_mode)
+        .map_err(|e| format!("deploying v1 failed: {e}"))?;
+    for _ in 0..g.rng.random_range(0..4) {
+        let d = DIR_NAMES.choose(&mut g.rng).unwrap();
+        let f = FILE_NAMES.choose(&mut g.rng).unwrap();
+        let at = base.join(d);
+        let is_dir = std::fs::symlink_metadata(&at).map(|m| m.is_dir());
+        if is_dir.as_ref().is_ok_and(|d| *d) && std::fs::symlink_metadata(at.join(f)).is_err() {
+            std::fs::write(at.join(f), b"dest only").unwrap();
+        } else if is_dir.is_err() {
+            std::fs::create_dir(&at).unwrap();
+            std::fs::write(at.join(f), b"dest only").unwrap();
+        }
+    }
+
+    // The change, and what to exclude.
+    let mut v2 = v1.clone();
+    for _ in 0..g.rng.random_range(1..8) {
+        g.change(&mut v2);
+    }
+    fix_links(&mut v2);
+    let n = g.rng.random_range(0..4);
+    let mut settings = Settings::default();
+    for _ in 0..n {
+        settings
+            .excludes
+            .push(PATTERNS.choose(&mut g.rng).unwrap().to_string());
+    }
+    if g.rng.random_bool(0.15) {
+        let lines: Vec<&str> = (0..2).map(|_| *PATTERNS.choose(&mut g.rng).unwrap()).collect();
+        v2.insert(
+            "exclude.txt".into(),
+            Node::File {
+                data: format!("# generated\n{}\n", lines.join("\n")).into_bytes(),
+                mode: 0o644,
+                meta: g.meta(),
+            },
+        );
+        settings.exclude_from = "exclude.txt".into();
+    }
+    let (tar2, explicit) = archive(&mut g, &v2);
+    let tar2_path = dir.join("v2.tar");
+    std::fs::write(&tar2_path, &tar2).unwrap();
+
+    let (with_rsync, with_native) = (dir.join("rsync"), dir.join("native"));
+    cp_a(&base, &with_rsync);
+    cp_a(&base, &with_native);
+    let by_rsync = place("rsync", &tar2_path, &with_rsync, &settings, dest_mode);
+    let by_native = place("native", &tar2_path, &with_native, &settings, dest_mode);
+    let describe = || format!("seed {seed}, excludes {:?} from {:?}", settings.excludes, settings.exclude_from);
+    match (&by_rsync, &by_native) {
+        (Err(_), Err(_)) => {}
+        (Ok(()), Ok(())) => {
+            let a = snapshot(&with_rsync, &explicit);
+            let b = snapshot(&with_native, &explicit);
+            if a != b {
+                let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                let diffs: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .map(|k| format!("  {k:?}\n    rsync:  {:?}\n    native: {:?}", a.get(k), b.get(k)))
+                    .collect();
+                return Err(format!("{}: dests differ\n{}", describe(), diffs.join("\n")));
+            }
+            if let Some(temp) = leftover_temp(&with_native) {
+                return Err(format!("{}: temp name left behind: {temp}", describe()));
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{}: rsync {:?}, native {:?}",
+                describe(),
+                by_rsync,
+                by_native
+            ))
+        }
+    }
+    crate_remove(&dir);
+    Ok(())
+}
+
+fn leftover_temp(dir: &Path) -> Option<String> {
+    let out = Command::new("find").arg(dir).args(["-name", ".*.??????"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+fn crate_remove(dir: &Path) {
+    let _ = Command::new("chmod").arg("-R").arg("u+rwx").arg(dir).status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn common_is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn native_leaves_what_rsync_leaves() {
+    let cases: u64 = std::env::var("DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let first: u64 = std::env::var("DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let work = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for seed in first..first + cases {
+        if let Err(e) = case(seed, work.path()) {
+            failures.push(e);
+            if failures.len() >= 5 {
+                break;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
