@@ -101,7 +101,9 @@ impl Gen {
     }
 
     fn data(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.rng.random_range(b'a'..=b'z')).collect()
+        (0..len)
+            .map(|_| self.rng.random_range(b'a'..=b'z'))
+            .collect()
     }
 
     fn file(&mut self) -> Node {
@@ -220,7 +222,9 @@ impl Gen {
                         0 => {
                             // Same size, new content, mtime moved on.
                             let len = data.len();
-                            *data = (0..len).map(|_| self.rng.random_range(b'A'..=b'Z')).collect();
+                            *data = (0..len)
+                                .map(|_| self.rng.random_range(b'A'..=b'Z'))
+                                .collect();
                             meta.mtime.0 += mtime_bump;
                         }
                         1 => *mode ^= 0o044,
@@ -442,7 +446,13 @@ fn snapshot(dir: &Path, explicit: &BTreeSet<String>) -> BTreeMap<String, Seen> {
     out
 }
 
-fn place(strategy: &str, archive: &Path, dest: &Path, settings: &Settings, dest_mode: u32) -> Result<(), String> {
+fn place(
+    strategy: &str,
+    archive: &Path,
+    dest: &Path,
+    settings: &Settings,
+    dest_mode: u32,
+) -> Result<(), String> {
     let strategy = sync::from_name(strategy, settings.clone()).map_err(|e| format!("{e:#}"))?;
     let cancel = CancellationToken::new();
     let job = Job {
@@ -457,7 +467,12 @@ fn place(strategy: &str, archive: &Path, dest: &Path, settings: &Settings, dest_
 }
 
 fn cp_a(from: &Path, to: &Path) {
-    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -476,8 +491,14 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
     let (tar1, _) = archive(&mut g, &v1);
     let base = dir.join("base");
     std::fs::write(dir.join("v1.tar"), &tar1).unwrap();
-    place("rsync", &dir.join("v1.tar"), &base, &Settings::default(), dest_mode)
-        .map_err(|e| format!("deploying v1 failed: {e}"))?;
+    place(
+        "rsync",
+        &dir.join("v1.tar"),
+        &base,
+        &Settings::default(),
+        dest_mode,
+    )
+    .map_err(|e| format!("deploying v1 failed: {e}"))?;
     for _ in 0..g.rng.random_range(0..4) {
         let d = DIR_NAMES.choose(&mut g.rng).unwrap();
         let f = FILE_NAMES.choose(&mut g.rng).unwrap();
@@ -505,7 +526,9 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
             .push(PATTERNS.choose(&mut g.rng).unwrap().to_string());
     }
     if g.rng.random_bool(0.15) {
-        let lines: Vec<&str> = (0..2).map(|_| *PATTERNS.choose(&mut g.rng).unwrap()).collect();
+        let lines: Vec<&str> = (0..2)
+            .map(|_| *PATTERNS.choose(&mut g.rng).unwrap())
+            .collect();
         v2.insert(
             "exclude.txt".into(),
             Node::File {
@@ -525,7 +548,12 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
     cp_a(&base, &with_native);
     let by_rsync = place("rsync", &tar2_path, &with_rsync, &settings, dest_mode);
     let by_native = place("native", &tar2_path, &with_native, &settings, dest_mode);
-    let describe = || format!("seed {seed}, excludes {:?} from {:?}", settings.excludes, settings.exclude_from);
+    let describe = || {
+        format!(
+            "seed {seed}, excludes {:?} from {:?}",
+            settings.excludes, settings.exclude_from
+        )
+    };
     match (&by_rsync, &by_native) {
         (Err(_), Err(_)) => {}
         (Ok(()), Ok(())) => {
@@ -536,9 +564,19 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
                 let diffs: Vec<String> = keys
                     .into_iter()
                     .filter(|k| a.get(*k) != b.get(*k))
-                    .map(|k| format!("  {k:?}\n    rsync:  {:?}\n    native: {:?}", a.get(k), b.get(k)))
+                    .map(|k| {
+                        format!(
+                            "  {k:?}\n    rsync:  {:?}\n    native: {:?}",
+                            a.get(k),
+                            b.get(k)
+                        )
+                    })
                     .collect();
-                return Err(format!("{}: dests differ\n{}", describe(), diffs.join("\n")));
+                return Err(format!(
+                    "{}: dests differ\n{}",
+                    describe(),
+                    diffs.join("\n")
+                ));
             }
             if let Some(temp) = leftover_temp(&with_native) {
                 return Err(format!("{}: temp name left behind: {temp}", describe()));
@@ -558,13 +596,21 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
 }
 
 fn leftover_temp(dir: &Path) -> Option<String> {
-    let out = Command::new("find").arg(dir).args(["-name", ".*.??????"]).output().unwrap();
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-name", ".*.??????"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
 
 fn crate_remove(dir: &Path) {
-    let _ = Command::new("chmod").arg("-R").arg("u+rwx").arg(dir).status();
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+rwx")
+        .arg(dir)
+        .status();
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -353,7 +353,8 @@ mod tests {
         let cancel = CancellationToken::new();
         let max_size = limit.map_or(MaxSize::Unlimited, MaxSize::from_flag);
         let mut writer = Writer::new(dir, Budget::new(max_size, dir)?)?;
-        let reader: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(data.to_vec()));
+        let reader: Box<dyn std::io::BufRead + Send> =
+            Box::new(std::io::Cursor::new(data.to_vec()));
         let mut tar = TarStream::new(reader);
         each_member(&mut tar, &mut writer, &cancel, max_members)?;
         writer.finish()

@@ -87,10 +87,7 @@ impl Excludes {
         if self.rules.is_empty() {
             return false;
         }
-        rel.ancestors()
-            .skip(1)
-            .any(|a| self.excludes(a, true))
-            || self.excludes(rel, is_dir)
+        rel.ancestors().skip(1).any(|a| self.excludes(a, true)) || self.excludes(rel, is_dir)
     }
 
     fn add(&mut self, raw: &str, origin: &str) -> Result<()> {
@@ -368,11 +365,7 @@ mod tests {
             ("\\*", "a", false, false),
         ];
         for &(pattern, path, is_dir, want) in cases {
-            assert_eq!(
-                excluded(pattern, path, is_dir),
-                want,
-                "{pattern} on {path}"
-            );
+            assert_eq!(excluded(pattern, path, is_dir), want, "{pattern} on {path}");
         }
     }
 
@@ -381,7 +374,8 @@ mod tests {
         for p in ["+ keep", "!", "dir/***", "[[:alpha:]]", "[ab", "", "/"] {
             let e = Excludes::new(&[p.to_string()]).unwrap_err();
             assert!(
-                e.to_string().starts_with(&format!("excludes: pattern {p:?}")),
+                e.to_string()
+                    .starts_with(&format!("excludes: pattern {p:?}")),
                 "{e}"
             );
         }

@@ -193,7 +193,10 @@ impl Sink for Placer<'_> {
         } else {
             self.symlinks.remove(rel);
         }
-        if self.excludes.excludes_here_or_above(rel, m.kind == Kind::Dir) {
+        if self
+            .excludes
+            .excludes_here_or_above(rel, m.kind == Kind::Dir)
+        {
             // Its parents are in the tree all the same, up to an excluded one.
             let kept = rel
                 .ancestors()
@@ -394,11 +397,15 @@ impl<'a> Placer<'a> {
             return Ok(());
         }
         if through_link || !self.seen.contains(target) {
-            bail!("hard link {} to {}: no such member", m.name, target.display());
+            bail!(
+                "hard link {} to {}: no such member",
+                m.name,
+                target.display()
+            );
         }
         let source = self.dest.join(target);
-        let meta = fs::symlink_metadata(&source)
-            .with_context(|| format!("stat {}", source.display()))?;
+        let meta =
+            fs::symlink_metadata(&source).with_context(|| format!("stat {}", source.display()))?;
         let mtime = FileTime::from_last_modification_time(&meta);
         let owner = self.root.then_some((meta.uid(), meta.gid()));
         if meta.file_type().is_symlink() {
@@ -706,7 +713,11 @@ impl Placer<'_> {
         };
         archive::apply(job.archive, &mut late, job.cancel)?;
         match self.pending.first() {
-            Some(p) => bail!("hard link {} to {}: no such member", p.name, p.target.display()),
+            Some(p) => bail!(
+                "hard link {} to {}: no such member",
+                p.name,
+                p.target.display()
+            ),
             None => Ok(()),
         }
     }
@@ -719,20 +730,23 @@ impl Placer<'_> {
                 self.symlinks.insert(p.rel.clone());
                 self.symlink(&p.rel, &path, &link, owner, mtime)
             }
-            Captured::File(temp, want, size) => match self.quick_check(&p.rel, &path, size, want)? {
-                Check::Same(meta, want) => fix_in_place(&path, meta, &want),
-                Check::Differs(want) => {
-                    if let Some((uid, gid)) = want.owner {
-                        std::os::unix::fs::lchown(&temp.0, Some(uid), Some(gid)).context("chown")?;
+            Captured::File(temp, want, size) => {
+                match self.quick_check(&p.rel, &path, size, want)? {
+                    Check::Same(meta, want) => fix_in_place(&path, meta, &want),
+                    Check::Differs(want) => {
+                        if let Some((uid, gid)) = want.owner {
+                            std::os::unix::fs::lchown(&temp.0, Some(uid), Some(gid))
+                                .context("chown")?;
+                        }
+                        fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode))
+                            .context("chmod")?;
+                        filetime::set_file_mtime(&temp.0, want.mtime).context("setting mtime")?;
+                        self.rename_over(&p.rel, &path, temp)?;
+                        self.counts.written += 1;
+                        Ok(())
                     }
-                    fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode))
-                        .context("chmod")?;
-                    filetime::set_file_mtime(&temp.0, want.mtime).context("setting mtime")?;
-                    self.rename_over(&p.rel, &path, temp)?;
-                    self.counts.written += 1;
-                    Ok(())
                 }
-            },
+            }
         }
         .with_context(|| format!("placing {} at {}", p.name, path.display()))
     }
@@ -765,7 +779,11 @@ impl Sink for Late<'_, '_> {
         self.placer.pending = rest;
         for p in due {
             let Some(captured) = self.captured.remove(&p.rel) else {
-                bail!("hard link {} to {}: no such member", p.name, p.target.display());
+                bail!(
+                    "hard link {} to {}: no such member",
+                    p.name,
+                    p.target.display()
+                );
             };
             self.placer.place_captured(&p, captured)?;
         }

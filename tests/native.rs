@@ -1,0 +1,249 @@
+//! SPEC 8.1: `sync_strategy: native` through the binary — what an operator
+//! sees: files in dest, what was left alone, errors before the download,
+//! failures part-way, signals, and an unprivileged deploy user. Equality
+//! with rsync on generated cases is in `native_diff.rs`.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use common::{
+    app_manifest, manifest_for, mode, sha256, signal, tar, tree, wait_exit, wait_for, Fixture,
+    Member,
+};
+
+const NATIVE: &str = "sync_strategy: native\n";
+
+fn inode(p: &std::path::Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Dest holds exactly the app, and a redeploy of a changed archive
+/// rewrites only the changed file: the others keep their inodes.
+#[test]
+fn native_deploys_the_tree_and_rewrites_only_what_changed() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.dest()).unwrap();
+    fx.write("dest/stale.txt", "old");
+    let log = fx
+        .deploy(&app_manifest(&fx, &format!("{NATIVE}dest_mode: 0751\n")))
+        .ok();
+    assert!(log.contains("(native)"), "{log}");
+    let dest = fx.dest();
+    assert_eq!(
+        std::fs::read(dest.join("index.html")).unwrap(),
+        b"<p>v1</p>\n"
+    );
+    assert!(!dest.join("stale.txt").exists(), "--delete semantics");
+    assert_eq!(mode(&dest), 0o751, "dest_mode on dest's root");
+    assert_eq!(mode(&dest.join("secret.conf")), 0o600);
+    assert_eq!(mode(&dest.join("bin/start")), 0o755);
+    // The same tree as the rsync strategy leaves.
+    let by_rsync = Fixture::new();
+    by_rsync
+        .deploy(&app_manifest(&by_rsync, "dest_mode: 0751\n"))
+        .ok();
+    assert_eq!(tree(&dest), tree(&by_rsync.dest()));
+
+    let kept = inode(&dest.join("bin/start"));
+    let changed = inode(&dest.join("index.html"));
+    let v2 = tar(&[
+        Member::Dir("bin/", 0o755),
+        Member::File("bin/start", b"#!/bin/sh\necho start\n", 0o755),
+        Member::File("index.html", b"<p>v2!</p>\n", 0o644),
+    ]);
+    fx.write("v2.tar", &v2);
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), NATIVE))
+        .ok();
+    assert_eq!(
+        std::fs::read(dest.join("index.html")).unwrap(),
+        b"<p>v2!</p>\n"
+    );
+    assert_ne!(inode(&dest.join("index.html")), changed, "rewritten");
+    assert_eq!(inode(&dest.join("bin/start")), kept, "left alone");
+    assert!(!dest.join("secret.conf").exists());
+    assert!(
+        log.contains("native sync: 1 written, 1 unchanged, 4 deleted"),
+        "{log}"
+    );
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn excludes_keep_dest_files_and_an_unsupported_pattern_fails_before_the_download() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.dest()).unwrap();
+    fx.write("dest/logs/today.log", "keep me");
+    fx.write("dest/old.txt", "delete me");
+    fx.deploy(&app_manifest(
+        &fx,
+        &format!("{NATIVE}excludes:\n  - '*.pid'\n  - /logs/\nexclude_from: exclude.list\n"),
+    ))
+    .ok();
+    let dest = fx.dest();
+    assert_eq!(
+        std::fs::read(dest.join("logs/today.log")).unwrap(),
+        b"keep me"
+    );
+    assert!(!dest.join("old.txt").exists());
+    assert!(!dest.join("app.pid").exists(), "excluded by excludes");
+    assert!(!dest.join("debug.log").exists(), "excluded by exclude_from");
+    assert!(dest.join("index.html").exists());
+
+    // A src that does not exist: reaching the download would fail with
+    // "src failed".
+    let yaml = format!(
+        "src: {}\nchecksum: {}\ndest: {}\n{NATIVE}excludes:\n  - '+ keep/'\ncommands:\n  failure:\n    - 'cat > {}'\n",
+        fx.url("missing.tar"),
+        "0".repeat(64),
+        dest.display(),
+        fx.path("failure.log").display()
+    );
+    let log = fx.deploy(&yaml).failed();
+    assert!(
+        log.contains(r#"excludes: pattern "+ keep/" is not supported by sync_strategy native"#),
+        "{log}"
+    );
+    assert!(!log.contains("src failed"), "{log}");
+    let hook_saw = std::fs::read_to_string(fx.path("failure.log")).unwrap();
+    assert!(hook_saw.contains("not supported"), "{hook_saw}");
+}
+
+/// A truncated archive fails part-way: each file in dest is wholly old or
+/// wholly new, and no temp name is left.
+#[test]
+fn a_failure_part_way_leaves_whole_files_and_no_temp_names() {
+    let fx = Fixture::new();
+    let v1 = tar(&[
+        Member::File("a.txt", b"old a", 0o644),
+        Member::File("b.txt", b"old b", 0o644),
+    ]);
+    fx.write("v1.tar", &v1);
+    fx.deploy(&manifest_for(&fx, &fx.url("v1.tar"), &sha256(&v1), NATIVE))
+        .ok();
+    let big = vec![b'x'; 200_000];
+    let mut v2 = tar(&[
+        Member::File("a.txt", b"new a, longer", 0o644),
+        Member::File("b.txt", &big, 0o644),
+    ]);
+    v2.truncate(512 * 3 + 100_000);
+    fx.write("v2.tar", &v2);
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), NATIVE))
+        .failed();
+    assert!(log.contains("truncated"), "{log}");
+    let dest = fx.dest();
+    assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"new a, longer");
+    assert_eq!(std::fs::read(dest.join("b.txt")).unwrap(), b"old b");
+    let names: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "temp names left: {names:?}");
+    fx.assert_no_temp_files();
+}
+
+/// A directory in dest the deploy user cannot write (root's, mode 0555):
+/// the run fails naming it and leaves its files alone.
+#[test]
+fn a_dest_dir_the_deploy_user_cannot_write_fails_naming_it() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to give dest a directory the deploy user cannot write");
+        return;
+    }
+    let fx = Fixture::new();
+    fx.write("dest/locked/old.txt", "old");
+    let data = tar(&[Member::File("locked/new.txt", b"new", 0o644)]);
+    fx.write("a.tar", &data);
+    let url = fx.manifest(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), NATIVE));
+    fx.chown_to_nobody();
+    let locked = fx.dest().join("locked");
+    std::os::unix::fs::chown(&locked, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    // As `run_unprivileged`, without handing `locked` back to nobody.
+    let args = [
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--",
+        common::bin(),
+    ];
+    let log = fx.run_program("setpriv", &url, &args, &[]).failed();
+    assert!(log.contains(&locked.display().to_string()), "{log}");
+    assert_eq!(std::fs::read(locked.join("old.txt")).unwrap(), b"old");
+    assert!(!locked.join("new.txt").exists());
+}
+
+/// As an unprivileged deploy user: the umask applies, and a read-only
+/// directory in the archive can be redeployed over.
+#[test]
+fn an_unprivileged_user_deploys_and_redeploys_read_only_dirs() {
+    let fx = Fixture::new();
+    let v1 = tar(&[
+        Member::Dir("ro/", 0o555),
+        Member::File("ro/a.txt", b"v1", 0o666),
+        Member::File("ro/gone.txt", b"v1", 0o644),
+    ]);
+    fx.write("v1.tar", &v1);
+    let url = fx.manifest(&manifest_for(&fx, &fx.url("v1.tar"), &sha256(&v1), NATIVE));
+    fx.run_unprivileged(&url, &[], &[]).ok();
+    let dest = fx.dest();
+    assert_eq!(mode(&dest.join("ro")), 0o555);
+    assert_eq!(mode(&dest.join("ro/a.txt")), 0o644, "umask 022 applies");
+    let v2 = tar(&[
+        Member::Dir("ro/", 0o555),
+        Member::File("ro/a.txt", b"v2!", 0o644),
+    ]);
+    fx.write("v2.tar", &v2);
+    let url = fx.manifest(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), NATIVE));
+    fx.run_unprivileged(&url, &[], &[]).ok();
+    assert_eq!(std::fs::read(dest.join("ro/a.txt")).unwrap(), b"v2!");
+    assert!(!dest.join("ro/gone.txt").exists());
+    assert_eq!(mode(&dest.join("ro")), 0o555);
+}
+
+#[test]
+fn sigterm_during_a_native_sync_stops_it_promptly_with_whole_files() {
+    let fx = Fixture::new();
+    fx.write("dest/keep.txt", "the release before");
+    let names: Vec<String> = (0..20_000).map(|i| format!("d{}/f{i}", i % 100)).collect();
+    let members: Vec<Member> = names
+        .iter()
+        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
+        .collect();
+    let data = tar(&members);
+    fx.write("big.tar", &data);
+    let url = fx.manifest(&manifest_for(
+        &fx,
+        &fx.url("big.tar"),
+        &sha256(&data),
+        NATIVE,
+    ));
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
+    wait_for(&rx, "(native)");
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for(&rx, "Done");
+    fx.assert_no_temp_files();
+    let out = std::process::Command::new("find")
+        .arg(fx.dest())
+        .args(["-name", ".*"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "temp names left in dest");
+    assert_eq!(
+        std::fs::read(fx.dest().join("keep.txt")).unwrap(),
+        b"the release before",
+        "not deleted: the sync stopped before its delete pass"
+    );
+}
