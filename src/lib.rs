@@ -276,7 +276,7 @@ async fn deploy(
         };
         Ok(strategy.place(&job))
     });
-    placed.await.at(Step::Sync)??;
+    let _leftovers = placed.await.at(Step::Sync)??;
     drop(download);
     interrupted(cancel).at(Step::Sync)?;
 

@@ -463,7 +463,7 @@ fn place(
         max_size: MaxSize::Unlimited,
         cancel: &cancel,
     };
-    strategy.place(&job).map_err(|e| e.to_string())
+    strategy.place(&job).map(drop).map_err(|e| e.to_string())
 }
 
 fn cp_a(from: &Path, to: &Path) {

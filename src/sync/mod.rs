@@ -45,7 +45,30 @@ pub struct Job<'a> {
 pub trait Strategy: Send + Sync {
     /// Places the job's archive into its dest. Blocking; stops early (with
     /// an error) when the job's `cancel` fires.
-    fn place(&self, job: &Job<'_>) -> Result<(), Failure>;
+    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure>;
+}
+
+/// What a strategy leaves to remove once the `post` hooks have run (its
+/// extraction dir), so the hooks do not wait for it. Removed on drop.
+#[must_use]
+pub struct Leftovers {
+    _extraction_dir: Option<ScratchDir>,
+}
+
+impl Leftovers {
+    /// The extraction dir `dir`, to remove later.
+    fn dir(dir: ScratchDir) -> Self {
+        Leftovers {
+            _extraction_dir: Some(dir),
+        }
+    }
+
+    /// Nothing to remove.
+    pub fn none() -> Self {
+        Leftovers {
+            _extraction_dir: None,
+        }
+    }
 }
 
 /// Manifest settings a strategy needs.

@@ -8,16 +8,17 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::{extract_to_scratch, Job, Strategy};
+use super::{extract_to_scratch, Job, Leftovers, Strategy};
 use crate::step::{AtStep, Failure, Step};
 
 /// Rename (or copy + rename) the extracted tree into place.
 pub struct Mv;
 
 impl Strategy for Mv {
-    fn place(&self, job: &Job<'_>) -> Result<(), Failure> {
+    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
         let tree = extract_to_scratch(job)?;
-        rename(tree.path(), job.dest).at(Step::Sync)
+        rename(tree.path(), job.dest).at(Step::Sync)?;
+        Ok(Leftovers::dir(tree))
     }
 }
 

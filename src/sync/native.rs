@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use filetime::FileTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Excludes, Job, Settings, Strategy};
+use super::{Excludes, Job, Leftovers, Settings, Strategy};
 use crate::archive::{self, Budget, Data, Kind, Member, Sink};
 use crate::step::{interrupted, AtStep, Failure, Step};
 
@@ -47,7 +47,7 @@ impl Native {
 }
 
 impl Strategy for Native {
-    fn place(&self, job: &Job<'_>) -> Result<(), Failure> {
+    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
         let mut excludes = self.excludes.clone();
         if !self.exclude_from.is_empty() {
             let text = read_member(job, &self.exclude_from).at(Step::Extract)?;
@@ -70,7 +70,8 @@ impl Strategy for Native {
             }
             placer.finish(job.dest_mode, job.cancel)
         })();
-        placed.with_context(|| job.src.to_string()).at(Step::Sync)
+        placed.with_context(|| job.src.to_string()).at(Step::Sync)?;
+        Ok(Leftovers::none())
     }
 }
 

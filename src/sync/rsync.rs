@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::{extract_to_scratch, Job, Settings, Strategy};
+use super::{extract_to_scratch, Job, Leftovers, Settings, Strategy};
 use crate::step::{AtStep, Failure, Step};
 
 /// How often a running rsync is checked for exit or a signal.
@@ -101,9 +101,11 @@ fn with_slash(p: &Path) -> String {
 }
 
 impl Strategy for Rsync {
-    fn place(&self, job: &Job<'_>) -> Result<(), Failure> {
+    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
         let tree = extract_to_scratch(job)?;
-        self.sync(tree.path(), job.dest, job.cancel).at(Step::Sync)
+        self.sync(tree.path(), job.dest, job.cancel)
+            .at(Step::Sync)?;
+        Ok(Leftovers::dir(tree))
     }
 }
 
