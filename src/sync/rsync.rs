@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -119,7 +120,9 @@ impl Rsync {
         let (mut reader, writer) = std::io::pipe().context("creating a pipe for rsync")?;
         let mut child = {
             let mut cmd = Command::new("rsync");
-            cmd.args(&args)
+            // Its own process group: a signal stops rsync's receiver and
+            // generator processes too, not only the one we started.
+            cmd.process_group(0).args(&args)
                 .stdin(std::process::Stdio::null())
                 .stdout(writer.try_clone()?)
                 .stderr(writer);
@@ -140,7 +143,7 @@ impl Rsync {
                 // leaves every file in dest either old or new.
                 // SAFETY: kill has no memory-safety preconditions; the pid
                 // is our own child, not yet reaped.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
                 let _ = child.wait();
                 break None;
             }
