@@ -16,7 +16,7 @@
 //! refused, as is a hard link to an excluded member: `dest` holds files
 //! from earlier deploys, so nothing is ever written through a link.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -148,7 +148,7 @@ struct Placer<'a> {
     /// Who we are: the owner of directories the archive only implies.
     ids: (u32, u32),
     /// Every path the archive's tree has, so far.
-    seen: BTreeSet<PathBuf>,
+    seen: HashSet<PathBuf>,
     /// Directory metadata to apply at the end, by path ("" is dest).
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// Directories known to be real directories in dest now.
@@ -253,7 +253,7 @@ impl<'a> Placer<'a> {
             root,
             umask,
             ids,
-            seen: BTreeSet::new(),
+            seen: HashSet::new(),
             dirs,
             made: HashSet::new(),
             written: HashSet::new(),
@@ -578,9 +578,8 @@ impl<'a> Placer<'a> {
         self.made.remove(rel);
         let below: Vec<PathBuf> = self
             .seen
-            .range(rel.to_path_buf()..)
-            .skip(1)
-            .take_while(|p| p.starts_with(rel))
+            .iter()
+            .filter(|p| p.starts_with(rel) && p.as_path() != rel)
             .cloned()
             .collect();
         for p in below {
