@@ -6,7 +6,8 @@
 //! rsync fails on a case, native must fail too.
 //!
 //! `DIFF_CASES=5000 cargo test --test native_diff` runs more cases;
-//! `DIFF_SEED=N` starts elsewhere.
+//! `DIFF_SEED=N` starts elsewhere; `DIFF_KEEP=1` keeps the cases' files
+//! (archives, starting dest, both results) and prints where.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -591,7 +592,9 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
             ))
         }
     }
-    crate_remove(&dir);
+    if std::env::var_os("DIFF_KEEP").is_none() {
+        crate_remove(&dir);
+    }
     Ok(())
 }
 
@@ -630,9 +633,16 @@ fn native_leaves_what_rsync_leaves() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let work = tempfile::tempdir().unwrap();
+    let work = if std::env::var_os("DIFF_KEEP").is_some() {
+        let kept = work.keep();
+        eprintln!("cases are kept in {}", kept.display());
+        kept
+    } else {
+        work.path().to_path_buf()
+    };
     let mut failures = Vec::new();
     for seed in first..first + cases {
-        if let Err(e) = case(seed, work.path()) {
+        if let Err(e) = case(seed, &work) {
             failures.push(e);
             if failures.len() >= 5 {
                 break;

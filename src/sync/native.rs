@@ -159,6 +159,10 @@ struct Placer<'a> {
     /// what rsync's quick check would have compared a later duplicate
     /// member with.
     originals: HashMap<PathBuf, (u64, i64, u32)>,
+    /// Files left with another mtime than their member's (the quick
+    /// check compares seconds only): the member's, for hard links to them,
+    /// which rsync copies from the extracted tree.
+    kept: HashMap<PathBuf, FileTime>,
     /// Members read so far.
     index: u64,
     /// Hard links to excluded members, placed by a second read.
@@ -258,6 +262,7 @@ impl<'a> Placer<'a> {
             made: HashSet::new(),
             written: HashSet::new(),
             originals: HashMap::new(),
+            kept: HashMap::new(),
             index: 0,
             pending: Vec::new(),
             symlinks: HashSet::new(),
@@ -407,7 +412,10 @@ impl<'a> Placer<'a> {
         let source = self.dest.join(target);
         let meta =
             fs::symlink_metadata(&source).with_context(|| format!("stat {}", source.display()))?;
-        let mtime = FileTime::from_last_modification_time(&meta);
+        let mtime = match self.kept.get(target) {
+            Some(&mtime) => mtime,
+            None => FileTime::from_last_modification_time(&meta),
+        };
         let owner = self.root.then_some((meta.uid(), meta.gid()));
         if meta.file_type().is_symlink() {
             let link = fs::read_link(&source)?;
@@ -443,12 +451,16 @@ impl<'a> Placer<'a> {
     fn quick_check(&mut self, rel: &Path, path: &Path, size: u64, want: Wanted) -> Result<Check> {
         self.seen.insert(rel.to_path_buf());
         let secs = want.mtime.unix_seconds();
+        self.kept.remove(rel);
         if self.written.contains(rel) {
             return Ok(match self.originals.get(rel) {
-                Some(&(len, s, nanos)) if (len, s) == (size, secs) => Check::Differs(Wanted {
-                    mtime: FileTime::from_unix_time(s, nanos),
-                    ..want
-                }),
+                Some(&(len, s, nanos)) if (len, s) == (size, secs) => {
+                    self.kept.insert(rel.to_path_buf(), want.mtime);
+                    Check::Differs(Wanted {
+                        mtime: FileTime::from_unix_time(s, nanos),
+                        ..want
+                    })
+                }
                 _ => Check::Differs(want),
             });
         }
@@ -459,6 +471,9 @@ impl<'a> Placer<'a> {
         };
         if meta.is_file() && meta.len() == size && meta.mtime() == secs {
             self.counts.unchanged += 1;
+            if FileTime::from_last_modification_time(&meta) != want.mtime {
+                self.kept.insert(rel.to_path_buf(), want.mtime);
+            }
             return Ok(Check::Same(meta, want));
         }
         Ok(Check::Differs(want))

@@ -122,7 +122,8 @@ impl Rsync {
             let mut cmd = Command::new("rsync");
             // Its own process group: a signal stops rsync's receiver and
             // generator processes too, not only the one we started.
-            cmd.process_group(0).args(&args)
+            cmd.process_group(0)
+                .args(&args)
                 .stdin(std::process::Stdio::null())
                 .stdout(writer.try_clone()?)
                 .stderr(writer);
