@@ -204,6 +204,7 @@ fn extract_from(
         while let Some(member) = tar.next_member()? {
             interrupted(cancel)?;
             writer.member(&member, &mut tar)?;
+            crate::progress::count(1);
         }
         interrupted(cancel)?;
         writer.finish()
