@@ -22,10 +22,10 @@ file:// URLs are supported.
 
 Examples:
   echo s3://bucket/app/manifest.yml | stretcher
-  echo http://deploy.internal/app/manifest.yml | stretcher --timeout 5m --retry 3
+  echo https://deploy.internal/app.yml | stretcher --retry 3
   consul watch -type event -name deploy /usr/local/bin/stretcher
   serf agent -event-handler \"user:deploy=/usr/local/bin/stretcher\"
-  stretcher status --state-dir /var/lib/stretcher --report-file /var/lib/stretcher/report.json";
+  stretcher status --report-file /var/lib/stretcher/report.json";
 
 #[derive(Parser, Debug)]
 #[command(
