@@ -65,7 +65,7 @@ fn a_terminal_gets_a_download_bar_and_spinners_with_counts() {
         screen.contains("downloading ["),
         "no download bar: {screen}"
     );
-    assert!(screen.contains("MB/s ETA "), "no rate and ETA: {screen}");
+    assert!(screen.contains("B/s ETA "), "no rate and ETA: {screen}");
     let members = FILES + 2;
     assert!(
         screen.contains(&format!("extracting: {members} entries")),
