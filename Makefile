@@ -1,12 +1,29 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo bench fuzz clean
+.PHONY: build release test deps demo bench fuzz man assets clean
 
 build:
 	$(CARGO) build
 
 release:
 	$(CARGO) build --release
+
+## man: the man page, generated from the release binary's flags, in
+## target/assets/stretcher.1 (`man -l target/assets/stretcher.1`)
+## assets: the man page and bash, zsh and fish completions in target/assets,
+## where packages take them from
+ASSETS := target/assets
+STRETCHER_BIN ?= target/release/stretcher
+man: release
+	mkdir -p $(ASSETS)
+	$(STRETCHER_BIN) man > $(ASSETS)/stretcher.1.tmp
+	mv $(ASSETS)/stretcher.1.tmp $(ASSETS)/stretcher.1
+
+assets: man
+	mkdir -p $(ASSETS)/completions
+	$(STRETCHER_BIN) completions bash > $(ASSETS)/completions/stretcher.bash
+	$(STRETCHER_BIN) completions zsh > $(ASSETS)/completions/_stretcher
+	$(STRETCHER_BIN) completions fish > $(ASSETS)/completions/stretcher.fish
 
 ## deps: install what the tests run for real (rsync, serf, bsdtar; moto and
 ## fake-gcs-server into target/test-venv), when missing

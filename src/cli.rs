@@ -7,18 +7,41 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use clap_complete::Shell;
 
 use crate::archive::MaxSize;
 use crate::signature::{Policy, TrustedKey};
 use crate::units::{parse_bytes, parse_duration};
 
+/// What `--help` and the man page say after the flags: how the URL arrives.
+const AFTER_HELP: &str = "\
+The manifest URL is read from stdin: a plain line (typed, or piped from a \
+script or a Rundeck step), a Serf user event's payload, or the event list \
+that `consul watch -type event` writes. s3://, gs://, http(s):// and \
+file:// URLs are supported.
+
+Examples:
+  echo s3://bucket/app/manifest.yml | stretcher
+  echo https://deploy.internal/app.yml | stretcher --retry 3
+  consul watch -type event -name deploy /usr/local/bin/stretcher
+  serf agent -event-handler \"user:deploy=/usr/local/bin/stretcher\"
+  stretcher status --report-file /var/lib/stretcher/report.json";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "stretcher",
+    version,
     about = "Deploy agent: reads a manifest URL on stdin (Consul event JSON, Serf event or a plain line) and deploys it",
-    disable_version_flag = true
+    after_help = AFTER_HELP,
+    disable_version_flag = true,
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_value_name = "SUBCOMMAND"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+
     /// Max bandwidth for downloading src archives, per second (10M, 10MiB, 500k)
     #[arg(long = "max-band-width", alias = "max-bandwidth", value_name = "SIZE", value_parser = parse_bytes)]
     max_bandwidth: Option<u64>,
@@ -82,9 +105,49 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     max_signature_age: Option<Duration>,
 
+    /// After each run, write its result as one JSON object to PATH (replaced atomically)
+    #[arg(long, value_name = "PATH")]
+    report_file: Option<PathBuf>,
+
+    /// After each run, write Prometheus metrics to PATH for node_exporter's textfile collector (replaced atomically; run counters carry over)
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+
     /// Show version and exit
     #[arg(short = 'v', long)]
     version: bool,
+}
+
+/// The subcommands. One is recognised only as the first argument
+/// (`stretcher status …`); without one the agent reads a manifest URL on
+/// stdin, as it always has. Each is one variant here, run by `main`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Subcommand {
+    /// Show the last run (from --report-file) and the last deploy to each dest (from --state-dir)
+    Status(StatusArgs),
+    /// Print a completion script for SHELL on stdout
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) on stdout
+    #[command(hide = true)]
+    Man,
+}
+
+/// `stretcher status`'s flags: the same paths the agent was given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The agent's --state-dir: shows the last deploy to each dest
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The agent's --report-file: shows the last run
+    #[arg(long, value_name = "PATH")]
+    pub report_file: Option<PathBuf>,
+    /// Print one JSON object for scripts
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What the agent was asked to do, with every value already parsed.
@@ -114,6 +177,10 @@ pub struct Config {
     /// What manifest signatures must satisfy (SPEC 8.5); `None` without
     /// `--verify-key` or `--verify-key-file`, as upstream.
     pub signatures: Option<Policy>,
+    /// Where each run's JSON result goes (SPEC 8.6).
+    pub report_file: Option<PathBuf>,
+    /// Where each run's Prometheus metrics go (SPEC 8.6).
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The outcome of parsing the command line.
@@ -122,6 +189,8 @@ pub enum Command {
     Version,
     /// Run the agent.
     Run(Config),
+    /// Run a subcommand instead of the agent.
+    Subcommand(Subcommand),
     /// Print `text` (help on stdout, an error on stderr) and exit with `code`.
     Exit {
         /// What to print.
@@ -133,11 +202,13 @@ pub enum Command {
 
 /// Rewrites v1.1's single-dash long flags (`-timeout`, `-retry-wait=1`) to
 /// their double-dash form. Values are never touched: only an argument whose
-/// name is one of clap's long flags is rewritten.
+/// name is one of clap's long flags (the agent's or a subcommand's) is
+/// rewritten.
 fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let command = Args::command();
-    let long_flags: Vec<&str> = command
-        .get_arguments()
+    let long_flags: Vec<&str> = std::iter::once(&command)
+        .chain(command.get_subcommands())
+        .flat_map(|c| c.get_arguments())
         .flat_map(|a| {
             a.get_long()
                 .into_iter()
@@ -190,6 +261,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     if args.version {
         return Command::Version;
     }
+    if let Some(sub) = args.command {
+        return Command::Subcommand(sub);
+    }
     let keys: Vec<TrustedKey> = args
         .verify_keys
         .into_iter()
@@ -231,7 +305,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         force: args.force,
         lock_timeout: args.lock_timeout,
         signatures,
+        report_file: args.report_file,
+        metrics_file: args.metrics_file,
     })
+}
+
+/// The completion script for `shell`, generated from the flags above.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "stretcher", &mut script);
+    script
+}
+
+/// The man page (roff), generated from the flags above.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command()).render(&mut page)?;
+    Ok(page)
 }
 
 /// `--verify-key-file`'s value: a minisign `.pub` file.

@@ -10,6 +10,7 @@ use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
 use crate::digest::Verifier;
+use crate::progress::Progress;
 use crate::source;
 use crate::units::{comma, format_bytes, format_duration};
 
@@ -83,7 +84,8 @@ async fn download_once(
 ) -> Result<(NamedTempFile, Verifier)> {
     let verifier = Verifier::new(checksum)?;
     let begin = Instant::now();
-    let mut body = unless_stalled(stall, url, source::open(url)).await?;
+    let object = unless_stalled(stall, url, source::open(url)).await?;
+    let (mut body, bar) = (object.body, Progress::download(object.size));
     let file = tempfile::Builder::new()
         .prefix("stretcher")
         .tempfile()
@@ -113,6 +115,7 @@ async fn download_once(
                 return Ok(());
             }
             written += buf.len() as u64;
+            bar.add(buf.len() as u64);
             if tx.send(buf).await.is_err() {
                 return Ok(()); // the sink failed; its error is reported below
             }
@@ -131,6 +134,7 @@ async fn download_once(
         .map_err(|e| anyhow!("hashing thread failed: {e}"))?
         .with_context(|| format!("writing {path}"))?;
     read_result?;
+    drop(bar);
     let elapsed = begin.elapsed();
     let rate = (written as f64 / elapsed.as_secs_f64().max(1e-9)) as u64;
     log::info!(

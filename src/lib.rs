@@ -12,11 +12,15 @@ pub mod hooks;
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod metrics;
+pub mod progress;
 pub mod query;
+pub mod report;
 pub mod scratch;
 pub mod signature;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod step;
 pub mod sync;
 pub mod template;
@@ -33,7 +37,9 @@ use crate::cli::Config;
 use crate::event::{Event, Invocation};
 use crate::hooks::{Hooks, Phase};
 use crate::manifest::Manifest;
+use crate::progress::Progress;
 use crate::query::Outcome;
+use crate::report::{Facts, Report};
 use crate::state::StateDir;
 use crate::step::{interrupted, AtStep, Failure, Step};
 
@@ -53,11 +59,13 @@ pub struct Signals {
 
 /// Runs the agent once: stdin → manifest → deploy → hooks. Every error is
 /// logged here; the result only tells the caller which exit status to use.
-/// Under `serf query`, the one-line outcome is printed on stdout.
+/// Under `serf query`, the one-line outcome is printed on stdout; with
+/// `--report-file`/`--metrics-file`, the run's result is written there.
 pub async fn run(config: &Config, how: &Invocation, signals: &Signals) -> Result<(), Failure> {
     ::log::info!("Starting up stretcher agent {VERSION}");
-    let started = Instant::now();
-    let result = run_logged(config, how, signals).await;
+    let (started, started_at) = (Instant::now(), chrono::Utc::now());
+    let mut facts = Facts::default();
+    let result = run_logged(config, how, signals, &mut facts).await;
     let outcome = match &result {
         Ok(outcome) => outcome.clone(),
         Err(failure) => Outcome::Failed {
@@ -68,7 +76,26 @@ pub async fn run(config: &Config, how: &Invocation, signals: &Signals) -> Result
     if how.is_serf_query() {
         println!("{}", outcome.line(started.elapsed()));
     }
+    publish(
+        config,
+        &Report::new(facts, &outcome, started_at, started.elapsed()),
+    );
     result.map(|_| ())
+}
+
+/// Writes the run's report and metrics files, when asked to. A failure to
+/// write them is logged; it does not change the run's result.
+fn publish(config: &Config, report: &Report) {
+    if let Some(Err(e)) = config.report_file.as_deref().map(|p| report.write(p)) {
+        ::log::info!("{e:#}");
+    }
+    if let Some(Err(e)) = config
+        .metrics_file
+        .as_deref()
+        .map(|p| metrics::update(p, report))
+    {
+        ::log::info!("{e:#}");
+    }
 }
 
 /// Everything up to the deploy fails before a manifest (and so its hooks)
@@ -77,6 +104,7 @@ async fn run_logged(
     config: &Config,
     how: &Invocation,
     signals: &Signals,
+    facts: &mut Facts,
 ) -> Result<Outcome, Failure> {
     let cancel = &signals.cancel;
     let before_deploy = async {
@@ -95,6 +123,7 @@ async fn run_logged(
             .await
             .context("could not parse event")
             .at(Step::Event)?;
+        facts.event(&event);
         let state = config
             .state_dir
             .as_deref()
@@ -109,6 +138,7 @@ async fn run_logged(
         }
         ::log::info!("Loading manifest: {}", event.url);
         let (manifest, signed) = load_manifest(config, &event.url, state.as_ref(), cancel).await?;
+        facts.manifest(&manifest);
         ::log::info!("Executing manifest {}", event.url);
         Ok(Ok((event, state, manifest, signed)))
     };
@@ -133,7 +163,7 @@ async fn run_logged(
         abort: &signals.abort,
         quiet: how.is_serf_query(),
     };
-    let result = deploy(&manifest, config, &hooks, cancel).await;
+    let result = deploy(&manifest, config, &hooks, cancel, facts).await;
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
@@ -222,6 +252,7 @@ async fn deploy(
     config: &Config,
     hooks: &Hooks<'_>,
     cancel: &CancellationToken,
+    facts: &mut Facts,
 ) -> Result<(), Failure> {
     if m.src.is_empty() {
         hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
@@ -255,6 +286,7 @@ async fn deploy(
     let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options))
         .await
         .at(Step::Download)?;
+    facts.bytes = download.as_file().metadata().map_or(0, |m| m.len());
 
     hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
     interrupted(cancel).at(Step::Pre)?;
@@ -265,6 +297,7 @@ async fn deploy(
         Path::new(&m.dest).to_path_buf(),
     );
     let (dest_mode, max_size, stop) = (m.dest_mode(), config.max_extract_size, cancel.clone());
+    let shown = Progress::counting(format!("deploying into {}", m.dest));
     let placed = blocking(move || {
         let job = sync::Job {
             archive: &archive,
@@ -277,6 +310,7 @@ async fn deploy(
         Ok(strategy.place(&job))
     });
     let _leftovers = placed.await.at(Step::Sync)??;
+    drop(shown);
     drop(download);
     interrupted(cancel).at(Step::Sync)?;
 

@@ -40,7 +40,7 @@ fn write_line(msg: &str) {
     buf.extend_from_slice(line.as_bytes());
     // Written under the lock so stderr and the run log keep the same order.
     if !QUIET.load(Ordering::Relaxed) {
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        let _ = crate::progress::suspend(|| std::io::stderr().write_all(line.as_bytes()));
     }
 }
 
@@ -53,6 +53,11 @@ pub fn init(quiet: bool) {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
+}
+
+/// Whether lines are kept from stderr (see [`init`]).
+pub fn is_quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
 }
 
 /// A copy of the run log so far: what `success`/`failure` hooks get on stdin.

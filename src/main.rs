@@ -1,8 +1,9 @@
 //! The `stretcher` binary: flags, signals, one run, exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use stretcher::cli::{self, Command};
+use stretcher::cli::{self, Command, Subcommand};
 use stretcher::event::Invocation;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run(config) => config,
+        Command::Subcommand(sub) => return subcommand(sub),
         Command::Exit { text, code } => {
             if code == 0 {
                 print!("{text}");
@@ -60,6 +62,28 @@ fn main() -> ExitCode {
     });
     // Exit without waiting for a stdin reader blocked on a silent pipe.
     std::process::exit(if ok { 0 } else { failure_code })
+}
+
+/// Runs a subcommand: its output on stdout, an error on stderr (exit 1).
+fn subcommand(sub: Subcommand) -> ExitCode {
+    let output: anyhow::Result<Vec<u8>> = match sub {
+        Subcommand::Status(args) => stretcher::status::show(
+            args.report_file.as_deref(),
+            args.state_dir.as_deref(),
+            args.json,
+        )
+        .map(String::into_bytes),
+        Subcommand::Completions { shell } => Ok(cli::completions(shell)),
+        Subcommand::Man => cli::man_page().map_err(Into::into),
+    };
+    let written = output.and_then(|bytes| Ok(std::io::stdout().write_all(&bytes)?));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stretcher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A file size limit (`ulimit -f`, RLIMIT_FSIZE) is a full disk in

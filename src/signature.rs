@@ -116,7 +116,7 @@ pub async fn fetch(url: &str, retry: u32, retry_wait: Duration) -> Result<String
 }
 
 async fn fetch_once(url: &str) -> Result<String> {
-    let mut body = source::open(url).await?;
+    let mut body = source::open(url).await?.body;
     let mut bytes = Vec::new();
     (&mut body)
         .take(MAX_SIGNATURE_BYTES + 1)

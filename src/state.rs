@@ -238,17 +238,34 @@ impl StateDir {
         if !dest.is_empty() {
             state.dests.insert(dest.to_string(), record);
         }
-        write_atomic(&self.dir.join(FILE), &serde_json::to_vec_pretty(&state)?)
+        let data = serde_json::to_vec_pretty(&state)?;
+        write_atomic(&self.dir.join(FILE), &data, 0o600)
     }
 }
 
+/// Every dest's last recorded deploy in the state dir `dir`, for `stretcher
+/// status`: reads without creating or locking anything (the state file is
+/// only ever replaced whole). A missing dir or file has none.
+pub fn read_dests(dir: &Path) -> Result<BTreeMap<String, DestRecord>> {
+    let state = StateDir {
+        dir: dir.to_path_buf(),
+    };
+    Ok(state.load()?.dests)
+}
+
 /// Writes `data` to `path` through a temp file in the same directory, so a
-/// reader sees the old or the new content, never half of it.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// reader sees the old or the new content, never half of it. The file gets
+/// `mode`, less the umask.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".stretcher")
+        .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.write_all(data)?;

@@ -364,6 +364,7 @@ fn each_member(
             continue;
         }
         sink.member(&m, &mut Data { tar, cancel })?;
+        crate::progress::count(1);
     }
     interrupted(cancel)
 }

@@ -9,10 +9,10 @@ use object_store::{ClientOptions, ObjectStoreExt};
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::{bucket_and_key, Body, Permanent};
+use super::{bucket_and_key, Object, Permanent};
 
 /// Starts a GET of the object and returns the body as a stream.
-pub async fn open(url: &Url) -> Result<Body> {
+pub async fn open(url: &Url) -> Result<Object> {
     let (bucket, key) = bucket_and_key(url)?;
     let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
     if let Some(host) = std::env::var("STORAGE_EMULATOR_HOST")
@@ -35,8 +35,12 @@ pub async fn open(url: &Url) -> Result<Body> {
         .map_err(|e| anyhow!(Permanent(format!("{url}: {e}"))))?;
     let path = object_store::path::Path::from(key.as_str());
     let result = store.get(&path).await.map_err(|e| describe(e, url))?;
+    let size = Some(result.meta.size);
     let stream = result.into_stream().map_err(std::io::Error::other);
-    Ok(Box::new(StreamReader::new(stream)))
+    Ok(Object {
+        body: Box::new(StreamReader::new(stream)),
+        size,
+    })
 }
 
 /// One line naming the URL and the cause. Every kind is worth another

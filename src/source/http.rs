@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::Body;
+use super::Object;
 
 fn client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -24,7 +24,7 @@ fn client() -> Result<&'static reqwest::Client> {
 }
 
 /// Sends a GET and returns the body as a stream.
-pub async fn open(url: &Url) -> Result<Body> {
+pub async fn open(url: &Url) -> Result<Object> {
     let response = client()?
         .get(url.clone())
         .send()
@@ -34,6 +34,10 @@ pub async fn open(url: &Url) -> Result<Body> {
     if !(200..300).contains(&status) {
         bail!("HTTP status {status} from {url}");
     }
+    let size = response.content_length();
     let stream = response.bytes_stream().map_err(std::io::Error::other);
-    Ok(Box::new(StreamReader::new(stream)))
+    Ok(Object {
+        body: Box::new(StreamReader::new(stream)),
+        size,
+    })
 }

@@ -17,8 +17,17 @@ use url::Url;
 /// An open byte stream from a source.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;
 
+/// An opened object: its bytes, and its size when the source says it (a
+/// file's length, `Content-Length`, the object's size in the store).
+pub struct Object {
+    /// The bytes.
+    pub body: Body,
+    /// How many bytes `body` will yield, if known in advance.
+    pub size: Option<u64>,
+}
+
 /// Opens `url` for reading. Scheme errors use upstream's wording.
-pub async fn open(url: &str) -> Result<Body> {
+pub async fn open(url: &str) -> Result<Object> {
     log::info!("Loading URL {url}");
     let parsed = Url::parse(url).map_err(|e| Permanent(format!("invalid URL {url}: {e}")))?;
     match parsed.scheme() {
@@ -47,7 +56,7 @@ pub async fn open(url: &str) -> Result<Body> {
 
 /// Reads a whole (small) object, such as a manifest, into a string.
 pub async fn read_to_string(url: &str) -> Result<String> {
-    let mut body = open(url).await?;
+    let mut body = open(url).await?.body;
     let mut text = String::new();
     body.read_to_string(&mut text)
         .await

@@ -8,7 +8,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use super::{bucket_and_key, Body, Permanent};
+use super::{bucket_and_key, Object, Permanent};
 
 async fn client() -> Result<&'static aws_sdk_s3::Client> {
     static CLIENT: OnceCell<aws_sdk_s3::Client> = OnceCell::const_new();
@@ -33,7 +33,7 @@ async fn client() -> Result<&'static aws_sdk_s3::Client> {
 }
 
 /// Starts a GetObject and returns the body as a stream.
-pub async fn open(url: &Url) -> Result<Body> {
+pub async fn open(url: &Url) -> Result<Object> {
     let (bucket, key) = bucket_and_key(url)?;
     let output = client()
         .await?
@@ -43,7 +43,11 @@ pub async fn open(url: &Url) -> Result<Body> {
         .send()
         .await
         .map_err(|e| describe(e, url))?;
-    Ok(Box::new(output.body.into_async_read()))
+    let size = output.content_length().and_then(|n| u64::try_from(n).ok());
+    Ok(Object {
+        body: Box::new(output.body.into_async_read()),
+        size,
+    })
 }
 
 /// One line naming the URL (and so bucket and key) and the cause, chosen

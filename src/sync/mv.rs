@@ -77,5 +77,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     }
     let mtime = filetime::FileTime::from_last_modification_time(&meta);
     filetime::set_symlink_file_times(to, mtime, mtime)?;
+    crate::progress::count(1);
     Ok(())
 }

@@ -133,7 +133,9 @@ impl Rsync {
         };
         let output = std::thread::spawn(move || {
             let mut output = Vec::new();
-            reader.read_to_end(&mut output).map(|_| output)
+            crate::progress::CountLines(&mut reader)
+                .read_to_end(&mut output)
+                .map(|_| output)
         });
         let status = loop {
             if let Some(status) = child.try_wait().context("waiting for rsync")? {

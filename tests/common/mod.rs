@@ -434,3 +434,21 @@ pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The stdin `consul watch -type event` gives its handler: one `deploy`
+/// event with `id` and `ltime`, whose payload is `url`.
+pub fn consul_event(id: &str, ltime: u64, url: &str) -> String {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD.encode(url);
+    format!(
+        r#"[{{"ID":"{id}","Name":"deploy","Payload":"{payload}","NodeFilter":"","ServiceFilter":"","TagFilter":"","Version":1,"LTime":{ltime}}}]"#
+    )
+}
+
+/// This machine's host name, as the kernel has it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
