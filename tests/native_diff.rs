@@ -627,7 +627,7 @@ fn native_leaves_what_rsync_leaves() {
     let cases: u64 = std::env::var("DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(200);
     let first: u64 = std::env::var("DIFF_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
