@@ -247,3 +247,29 @@ fn sigterm_during_a_native_sync_stops_it_promptly_with_whole_files() {
         "not deleted: the sync stopped before its delete pass"
     );
 }
+
+/// A hard link to an excluded member waits for a second read of the
+/// archive; a later symlink over its directory takes it away, as in the
+/// extracted tree, and nothing is written through that symlink.
+#[test]
+fn a_pending_hard_link_never_writes_through_a_later_symlink() {
+    let fx = Fixture::new();
+    let outside = fx.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    fx.write("outside/victim", "ORIGINAL");
+    let data = tar(&[
+        Member::File("payload.log", b"PWNED", 0o644),
+        Member::Dir("d/", 0o755),
+        Member::HardLink("d/victim", "payload.log"),
+        Member::Symlink("d", outside.to_str().unwrap()),
+    ]);
+    fx.write("a.tar", &data);
+    let yaml = format!("{NATIVE}excludes:\n  - '*.log'\n");
+    fx.deploy(&manifest_for(&fx, &fx.url("a.tar"), &sha256(&data), &yaml))
+        .ok();
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"ORIGINAL");
+    assert!(std::fs::symlink_metadata(fx.dest().join("d"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

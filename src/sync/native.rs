@@ -178,7 +178,10 @@ impl Sink for Placer<'_> {
         self.index += 1;
         if !self.pending.is_empty() {
             // A later member at the same path wins, as with tar.
-            self.pending.retain(|p| p.rel != rel);
+            // A non-directory also takes whatever was below its path.
+            let dir = m.kind == Kind::Dir;
+            self.pending
+                .retain(|p| p.rel != rel && (dir || !p.rel.starts_with(rel)));
         }
         if rel.as_os_str().is_empty() {
             let meta = self.dir_meta(m)?;
@@ -737,8 +740,28 @@ impl Placer<'_> {
         }
     }
 
+    /// Fails unless every directory above `rel` in dest is a real
+    /// directory: nothing is ever written through a link.
+    fn real_dirs_above(&self, rel: &Path) -> Result<()> {
+        for dir in rel
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+        {
+            let path = self.dest.join(dir);
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "{} is not a directory: not writing below it",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Places what was captured for the pending link `p`.
     fn place_captured(&mut self, p: &Pending, captured: Captured) -> Result<()> {
+        self.real_dirs_above(&p.rel)?;
         let path = self.dest.join(&p.rel);
         match captured {
             Captured::Symlink(link, owner, mtime) => {
@@ -830,6 +853,9 @@ impl Sink for Late<'_, '_> {
                     mtime: mtime_of(m),
                 };
                 let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                for rel in &waiting {
+                    self.placer.real_dirs_above(rel)?;
+                }
                 let temp = TempName::beside(&self.placer.dest.join(first))?;
                 let file = OpenOptions::new()
                     .write(true)
