@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""stretcher benchmark: the default rsync deploy against the exact sequence
-of external steps Go stretcher runs (baseline.sh), plus download+hash
-throughput and peak memory. Prints a Markdown table and writes it to
-bench/results.md.
+"""stretcher benchmark: deploys with the default rsync strategy and with
+sync_strategy: native against the exact sequence of external steps Go
+stretcher runs (baseline.sh), and against a floor (the archive read, hashed
+and inflated with nothing written); plus download+hash throughput and peak
+memory. Prints Markdown and writes it to bench/results.md.
 
 Usage: bench.py [--runs N] [--bin target/release/stretcher]
 """
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,6 +68,52 @@ class HttpServer:
         self.proc.wait()
 
 
+class Ext4:
+    """The disk place: a fresh ext4 image (mkfs.ext4 defaults, so with a
+    journal) loop-mounted under bench/work. The machine's own filesystem
+    may be ext4 without a journal, whose inode allocator skips every inode
+    freed in the last 60-300 s (recently_deleted in fs/ext4/ialloc.c): back
+    to back, each deploy would pay for the inodes the previous one freed,
+    and the rows would measure that instead of the tools. Falls back to
+    bench/work itself where a loop mount is not possible (not root)."""
+
+    def __init__(self):
+        self.img = os.path.join(WORK, "ext4.img")
+        self.mnt = os.path.join(WORK, "ext4")
+        self.mounted = False
+        self.label = f"bench/work ({fs_type(WORK)})"
+        if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+            return
+        os.makedirs(self.mnt, exist_ok=True)
+        with open(self.img, "wb") as f:
+            f.truncate(4 << 30)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", self.img], capture_output=True)
+        if made.returncode == 0 and subprocess.run(
+                ["mount", "-o", "loop", self.img, self.mnt], capture_output=True).returncode == 0:
+            self.mounted = True
+            self.label = ("a 4 GiB ext4 image (mkfs.ext4 defaults, with a journal), "
+                          f"loop-mounted; bench/work itself is {fs_type(WORK)}, see Ext4 in "
+                          "bench/bench.py for why it is not used")
+        else:
+            os.remove(self.img)
+
+    def base(self):
+        return self.mnt if self.mounted else WORK
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", self.mnt], check=True)
+            self.mounted = False
+        if os.path.exists(self.img):
+            os.remove(self.img)
+        shutil.rmtree(self.mnt, ignore_errors=True)
+
+
+def fs_type(path):
+    out = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 class Place:
     """A filesystem location holding archives, TMPDIR and dest."""
 
@@ -107,11 +155,12 @@ def run_baseline(place, src_url):
     return float(out.stdout.strip().splitlines()[-1]) - start
 
 
-def run_ours(binary, place, src_url, checksum):
+def run_ours(binary, place, src_url, checksum, strategy, extra=""):
     stamp = os.path.join(place.dir, "post-stamp")
     manifest = os.path.join(place.dir, "manifest.yml")
     with open(manifest, "w") as f:
         f.write(f"src: {src_url}\nchecksum: {checksum}\ndest: {place.dest}\n"
+                f"sync_strategy: {strategy}\n{extra}"
                 f"commands:\n  post:\n    - date +%s.%N > {stamp}\n")
     env = dict(os.environ, TMPDIR=place.tmp)
     start = time.time()
@@ -131,13 +180,70 @@ def tree_digest(path):
     return hashlib.sha256(out.stdout.encode()).hexdigest()
 
 
-def scenarios(binary, runs):
+def floor_python(path):
+    """One pass over the archive: every byte read once, fed to sha256 and
+    to zlib's inflate; the inflated bytes are dropped. Nothing is written."""
+    h = hashlib.sha256()
+    z = zlib.decompressobj(wbits=31)  # gzip
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            z.decompress(chunk)
+    z.flush()
+    h.hexdigest()
+
+
+def floor_shell(cmd, path):
+    subprocess.run(cmd.format(a=path), shell=True, check=True)
+
+
+FLOOR_CANDIDATES = {
+    "python, one pass: hashlib.sha256 + zlib.decompressobj": floor_python,
+    "sha256sum; gzip -dc >/dev/null": lambda p: floor_shell(
+        "sha256sum {a} >/dev/null && gzip -dc {a} >/dev/null", p),
+    "sha256sum; pigz -dc >/dev/null": lambda p: floor_shell(
+        "sha256sum {a} >/dev/null && pigz -dc {a} >/dev/null", p),
+}
+
+
+def pick_floor(place):
+    """The fastest available way to read, hash and inflate v1 in this place
+    (median of 3): the floor every deploy there is compared with."""
+    path = os.path.join(place.dir, "v1.tar.gz")
+    medians = {}
+    for name, fn in FLOOR_CANDIDATES.items():
+        if "pigz" in name and not shutil.which("pigz"):
+            continue
+        times = []
+        for _ in range(3):
+            start = time.time()
+            fn(path)
+            times.append(time.time() - start)
+        medians[name] = statistics.median(times)
+    best = min(medians, key=medians.get)
+    return best, medians
+
+
+# The tools timed per scenario, in the order they alternate. The floor and
+# "excluded" (a native deploy with `excludes: ['*']`: the agent downloads
+# the archive to its temp file, hashes, inflates and parses all of it, and
+# places nothing) are timed only for file:// sources.
+TOOLS = ("baseline", "rsync", "native", "floor", "excluded")
+FILE_ONLY = ("floor", "excluded")
+
+
+def scenarios(binary, runs, disk):
     rows = []
-    places = [Place("disk", WORK)]
+    floors = {}
+    places = [Place("disk", disk.base())]
     if os.path.isdir(SHM):
         places.append(Place("tmpfs", SHM))
     try:
         for place in places:
+            best, medians = pick_floor(place)
+            floors[place.name] = (best, medians)
+            floor_fn = FLOOR_CANDIDATES[best]
+            print(f"  {place.name:5} floor: {best}", flush=True)
             server = HttpServer(place.dir)
             try:
                 for source in ("file", "http"):
@@ -149,31 +255,47 @@ def scenarios(binary, runs):
                         path = os.path.join(place.dir, archive)
                         url = f"file://{path}" if source == "file" else server.url(archive)
                         checksum = sha256(path)
-                        times = {"baseline": [], "ours": []}
+                        tools = [t for t in TOOLS if t not in FILE_ONLY or source == "file"]
+                        times = {tool: [] for tool in tools}
                         digests = {}
-                        for i in range(runs * 2):
-                            tool = "baseline" if i % 2 == 0 else "ours"
-                            place.reset_dest(with_v1)
+                        for i in range(runs * len(tools)):
+                            tool = tools[i % len(tools)]
+                            if tool == "floor":
+                                start = time.time()
+                                floor_fn(path)
+                                times[tool].append(time.time() - start)
+                                continue
+                            place.reset_dest(with_v1 and tool != "excluded")
                             if tool == "baseline":
                                 t = run_baseline(place, url)
+                            elif tool == "excluded":
+                                t = run_ours(binary, place, url, checksum, "native",
+                                             "excludes: ['*']\n")
+                                times[tool].append(t)
+                                continue
                             else:
-                                t = run_ours(binary, place, url, checksum)
+                                t = run_ours(binary, place, url, checksum, tool)
                             times[tool].append(t)
-                            if i < 2:
+                            if tool not in digests:
                                 digests[tool] = tree_digest(place.dest)
-                        if digests["baseline"] != digests["ours"]:
-                            raise SystemExit(f"dest trees differ: {place.name} {source} {scenario}")
-                        b = statistics.median(times["baseline"])
-                        o = statistics.median(times["ours"])
-                        rows.append((place.name, source, scenario, b, o, o / b))
+                        for tool, digest in digests.items():
+                            if digest != digests["baseline"]:
+                                raise SystemExit(f"dest trees differ: {place.name} {source} "
+                                                 f"{scenario}: {tool} vs baseline")
+                        med = {tool: statistics.median(t) for tool, t in times.items()}
+                        rows.append((place.name, source, scenario, med))
+                        b = med["baseline"]
                         print(f"  {place.name:5} {source:4} {scenario:22} baseline {b:6.2f}s  "
-                              f"ours {o:6.2f}s  ratio {o / b:.2f}", flush=True)
+                              f"rsync {med['rsync']:6.2f}s ({med['rsync'] / b:.2f})  "
+                              f"native {med['native']:6.2f}s ({med['native'] / b:.2f})"
+                              + (f"  floor {med['floor']:6.2f}s" if "floor" in med else ""),
+                              flush=True)
             finally:
                 server.stop()
     finally:
         for place in places:
             place.cleanup()
-    return rows
+    return rows, floors
 
 
 def write_random(path, size):
@@ -218,19 +340,22 @@ def go_duration(s):
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ns|µs|us|ms|s|m|h)", s))
 
 
-def measure_rss(binary, d, src, checksum, env=None):
-    """Peak RSS (MB) of a whole deploy with the mv strategy (no rsync child)."""
+def measure_rss(binary, d, src, checksum, env=None, strategy="mv", dest=None):
+    """Peak RSS (MB) of a whole deploy (by default with the mv strategy: no
+    rsync child). A given dest is left in place; the default one is removed."""
     manifest = os.path.join(d, "m.yml")
-    dest = os.path.join(d, "dest")
+    keep = dest is not None
+    dest = dest or os.path.join(d, "dest")
     with open(manifest, "w") as f:
-        f.write(f"src: {src}\nchecksum: {checksum}\ndest: {dest}\nsync_strategy: mv\n")
+        f.write(f"src: {src}\nchecksum: {checksum}\ndest: {dest}\nsync_strategy: {strategy}\n")
     out = subprocess.run(["/usr/bin/time", "-v", binary], input=f"file://{manifest}",
                          capture_output=True, text=True,
                          env=dict(os.environ, TMPDIR=d, **(env or {})))
     if "Deploy manifest succeeded." not in out.stderr:
         raise SystemExit(f"deploy for the RSS measurement failed:\n{out.stderr[-2000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
-    shutil.rmtree(dest, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(dest, ignore_errors=True)
     return int(m.group(1)) / 1024
 
 
@@ -295,7 +420,87 @@ def s3_rss(binary, d):
     return result
 
 
+def native_rss(binary, runs=3):
+    """Peak RSS of native deploys (median of `runs`): the 20k-file artifact
+    fresh and 1%-changed; and archives of 10k and 100k one-byte files,
+    fresh and redeployed, whose difference is the cost of the per-path
+    sets (seen paths, written files, made dirs)."""
+    base = SHM if os.path.isdir(SHM) else WORK
+    d = tempfile.mkdtemp(prefix="stretcher-bench-", dir=base)
+    result = {}
+
+    def rss(archive, dest, prepare):
+        mbs = []
+        for _ in range(runs):
+            prepare()
+            mbs.append(measure_rss(binary, d, f"file://{archive}", sha256(archive),
+                                   strategy="native", dest=dest))
+        return statistics.median(mbs)
+
+    try:
+        dest = os.path.join(d, "dest")
+        v1, v2 = (os.path.join(WORK, v) for v in ("v1.tar.gz", "v2.tar.gz"))
+        fresh = lambda: shutil.rmtree(dest, ignore_errors=True)
+
+        def with_v1():
+            fresh()
+            measure_rss(binary, d, f"file://{v1}", sha256(v1), strategy="native", dest=dest)
+
+        result["20k files, fresh"] = rss(v1, dest, fresh)
+        result["20k files, 1% changed"] = rss(v2, dest, with_v1)
+        for n in (10_000, 100_000):
+            tiny = os.path.join(WORK, f"tiny-{n}.tar.gz")
+            if not os.path.exists(tiny):
+                subprocess.run([sys.executable, os.path.join(HERE, "gen.py"), WORK,
+                                "--tiny", str(n)], check=True)
+            result[f"{n // 1000}k tiny files, fresh"] = rss(tiny, dest, fresh)
+            result[f"{n // 1000}k tiny files, redeploy same"] = rss(tiny, dest, lambda: None)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return result
+
+
+def targets(rows, rss):
+    """The targets for sync_strategy native (file:// rows: the floor reads
+    the archive where it lies): (target, measured, met)."""
+    med = {(p, sc): m for p, src, sc, m in rows if src == "file"}
+    out = []
+
+    def ratio(place, scenario, of):
+        m = med.get((place, scenario))
+        return m and m["native"] / m[of]
+
+    def floor_of(place, scenario):
+        m = med[(place, scenario)]
+        return f" (floor {m['floor'] / m['baseline']:.2f}×)"
+
+    for place, limit in (("disk", 0.1), ("tmpfs", 0.3)):
+        r = ratio(place, "redeploy, 1% changed", "baseline")
+        if r is not None:
+            out.append((f"1%-changed redeploy ≤ {limit}× baseline ({place})",
+                        f"{r:.2f}×{floor_of(place, 'redeploy, 1% changed')}", r <= limit))
+    for scenario, limit, name in (("redeploy, 1% changed", 1.5, "1%-changed redeploy"),
+                                  ("redeploy, same", 1.3, "same-archive redeploy")):
+        for place in ("disk", "tmpfs"):
+            r = ratio(place, scenario, "floor")
+            if r is None:
+                continue
+            e = ratio(place, scenario, "excluded")
+            out.append((f"{name} ≤ {limit}× floor ({place})",
+                        f"{r:.2f}× ({e:.2f}× the agent's fixed work)", r <= limit))
+    for place in ("disk", "tmpfs"):
+        r = ratio(place, "fresh deploy", "baseline")
+        if r is not None:
+            out.append((f"fresh deploy ≤ 0.3× baseline ({place})",
+                        f"{r:.2f}×{floor_of(place, 'fresh deploy')}", r <= 0.3))
+    for label in ("20k files, fresh", "20k files, 1% changed"):
+        out.append((f"peak RSS ≤ 15 MB ({label})", f"{rss[label]:.1f} MB", rss[label] <= 15))
+    return out
+
+
 def main():
+    started = time.time()
+    load_start = os.getloadavg()[0]
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/stretcher"))
@@ -305,32 +510,74 @@ def main():
         print("generating artifacts…", flush=True)
         subprocess.run([sys.executable, os.path.join(HERE, "gen.py"), WORK], check=True)
     print("deploy scenarios (time from start to the post hook, median):", flush=True)
-    rows = scenarios(binary, args.runs)
+    disk = Ext4()
+    try:
+        rows, floors = scenarios(binary, args.runs, disk)
+    finally:
+        disk.close()
     print("download+hash throughput…", flush=True)
     cat_mbs, ours_mbs = throughput(binary, 3)
     print("peak RSS…", flush=True)
     rss = peak_rss(binary)
+    print("peak RSS, native…", flush=True)
+    nrss = native_rss(binary)
+    elapsed = time.time() - started
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
+    floor_name = next(iter(floors.values()))[0]
     lines = [
         "# stretcher benchmark",
         "",
         f"- machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"whole bench {elapsed / 60:.0f} min; 1-minute load average {load_start:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end",
         f"- artifact: {os.path.getsize(os.path.join(WORK, 'v1.tar.gz')) / 1e6:.0f} MB tar.gz, "
         "20,000 files in 2,000 dirs (bench/gen.py, fixed seed); v2 changes 1% of files",
-        f"- {args.runs} runs per tool, alternated baseline/ours; medians; time from start to "
-        "the post hook",
+        f"- {args.runs} runs of each, alternated baseline / stretcher rsync / stretcher native / "
+        "floor / native with every path excluded; medians; time from start to the post hook",
+        f"- places: disk is {disk.label}; tmpfs is /dev/shm. Each holds the archives, "
+        "TMPDIR and dest",
         "- baseline: bench/baseline.sh (Go stretcher's steps: cat|tee|sha256sum, tar xf, chmod, "
         "rsync -a --delete -v)",
+        "- rsync: stretcher's default strategy (extract to a temp dir, rsync into dest); "
+        "native: `sync_strategy: native` (stream the archive into dest)",
+        "- floor: the least work any strategy must do: the archive (where it lies, so file:// "
+        "rows only) read once, hashed and inflated, nothing written; timed in the bench process "
+        f"with {floor_name} (the fastest of the ways below)",
+        "- every strategy's dest tree (paths, types, modes, mtimes, bytes) is checked equal to "
+        "the baseline's after its first run",
         "",
-        "| place | source | scenario | baseline | stretcher | ratio |",
-        "|---|---|---|---:|---:|---:|",
+        "| place | source | scenario | baseline | stretcher rsync | ratio | stretcher native "
+        "| ratio | floor | native ÷ floor | native, all excluded | native ÷ that |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for place, source, scenario, b, o, r in rows:
-        lines.append(f"| {place} | {source} | {scenario} | {b:.2f}s | {o:.2f}s | {r:.2f} |")
+    for place, source, scenario, m in rows:
+        b = m["baseline"]
+        floor = (f"{m['floor']:.2f}s | {m['native'] / m['floor']:.2f} | "
+                 f"{m['excluded']:.2f}s | {m['native'] / m['excluded']:.2f}" if "floor" in m
+                 else "— | — | — | —")
+        lines.append(f"| {place} | {source} | {scenario} | {b:.2f}s | {m['rsync']:.2f}s | "
+                     f"{m['rsync'] / b:.2f} | {m['native']:.2f}s | {m['native'] / b:.2f} | "
+                     f"{floor} |")
     lines += [
+        "",
+        "Floor candidates (v1, median of 3; nothing written):",
+        "",
+        "| place | way | time |",
+        "|---|---|---:|",
+    ]
+    for place, (best, medians) in floors.items():
+        for name, t in medians.items():
+            mark = " (used)" if name == best else ""
+            lines.append(f"| {place} | {name}{mark} | {t:.2f}s |")
+    lines += [
+        "",
+        "native, all excluded: the agent's own fixed work, a native deploy with "
+        "`excludes: ['*']` into an empty dest: it downloads the archive (to its temp file), "
+        "hashes, inflates (zlib-rs, on its own thread) and parses all of it and places nothing. "
+        "It can come in under the floor, which inflates with the system zlib on one thread.",
         "",
         "| download + hash, 1 GiB from file:// | MB/s |",
         "|---|---:|",
@@ -342,6 +589,33 @@ def main():
     ]
     for label, mb in rss.items():
         lines.append(f"| {label} archive | {mb:.1f} |")
+    per10k_fresh = (nrss["100k tiny files, fresh"] - nrss["10k tiny files, fresh"]) / 9
+    per10k_same = (nrss["100k tiny files, redeploy same"]
+                   - nrss["10k tiny files, redeploy same"]) / 9
+    lines += [
+        "",
+        "| peak RSS, native deploy, file:// (median of 3) | MB |",
+        "|---|---:|",
+    ]
+    for label, mb in nrss.items():
+        lines.append(f"| {label} | {mb:.1f} |")
+    lines += [
+        "",
+        "Memory for the per-path sets ((100k − 10k tiny files) ÷ 9): "
+        f"{per10k_fresh:.2f} MB per 10k entries on a fresh deploy (every path seen, written "
+        f"and its dir made), {per10k_same:.2f} MB per 10k entries on a redeploy (every path "
+        "seen, nothing written).",
+        "",
+        "## Targets for `sync_strategy: native`",
+        "",
+        "Same run, medians, 20k-file artifact, file:// rows. Beside a ratio to the baseline, "
+        "the floor's own ratio: the least any strategy could reach there.",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+    ]
+    for target, measured, met in targets(rows, nrss):
+        lines.append(f"| {target} | {measured} | {'met' if met else '**missed**'} |")
     text = "\n".join(lines) + "\n"
     print()
     print(text)

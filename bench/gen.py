@@ -5,6 +5,9 @@ Writes OUT/v1.tar.gz: ~20,000 files in ~2,000 directories (75% small text
 files of ~2 KB, 24% mixed text/binary files of ~5 KB, 1% binary assets of
 ~160 KB), and OUT/v2.tar.gz: the same tree with 1% of the files changed
 (content and mtime). Same seed, same bytes.
+
+With --tiny N, writes only OUT/tiny-N.tar.gz: N one-byte files, 100 to a
+directory, for measuring memory per archive path.
 """
 import argparse
 import gzip
@@ -86,14 +89,36 @@ def write_tar(path, dir_list, entries):
                         tar.addfile(info, io.BytesIO(data))
 
 
+def write_tiny(path, n):
+    with open(path, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for i in range(n):
+                    if i % 100 == 0:
+                        info = tarfile.TarInfo(f"app/d{i // 100:05d}")
+                        info.type = tarfile.DIRTYPE
+                        info.mode = 0o755
+                        info.mtime = BASE_MTIME
+                        tar.addfile(info)
+                    info = tarfile.TarInfo(f"app/d{i // 100:05d}/f{i:07d}.txt")
+                    info.size = 1
+                    info.mtime = BASE_MTIME
+                    info.mode = 0o644
+                    tar.addfile(info, io.BytesIO(b"x"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=20161105)
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--dirs", type=int, default=2_000)
+    ap.add_argument("--tiny", type=int, metavar="N")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.tiny:
+        write_tiny(os.path.join(args.out, f"tiny-{args.tiny}.tar.gz"), args.tiny)
+        return
     dir_list, entries = make_entries(args.seed, args.files, args.dirs)
     write_tar(os.path.join(args.out, "v1.tar.gz"), dir_list, entries)
     rng = random.Random(args.seed + 1)
