@@ -273,3 +273,57 @@ fn a_pending_hard_link_never_writes_through_a_later_symlink() {
         .file_type()
         .is_symlink());
 }
+
+/// As an unprivileged user: a `dest_mode` without owner write, a dir
+/// the user may not read (0311: rsync's sender cannot list it, so only
+/// native can deploy it) and names of 255 bytes, deployed and redeployed.
+#[test]
+fn an_unprivileged_user_redeploys_a_read_only_dest_unreadable_dirs_and_long_names() {
+    let long = "n".repeat(255);
+    let long_below = format!("x/{long}");
+    let version = |v: &[u8]| {
+        tar(&[
+            Member::Dir("x/", 0o311),
+            Member::File("x/f", v, 0o644),
+            Member::File(&long, v, 0o644),
+            Member::File(&long_below, v, 0o600),
+        ])
+    };
+    let fx = Fixture::new();
+    fx.write("v1.tar", version(b"v1"));
+    fx.write("v2.tar", version(b"v2!"));
+    let extra = format!("{NATIVE}dest_mode: 0555\n");
+    for v in ["v1.tar", "v2.tar"] {
+        let sum = sha256(&std::fs::read(fx.path(v)).unwrap());
+        let url = fx.manifest(&manifest_for(&fx, &fx.url(v), &sum, &extra));
+        fx.run_unprivileged(&url, &[], &[]).ok();
+    }
+    let dest = fx.dest();
+    assert_eq!(mode(&dest), 0o555);
+    assert_eq!(mode(&dest.join("x")), 0o311);
+    assert_eq!(std::fs::read(dest.join(&long)).unwrap(), b"v2!");
+    assert_eq!(std::fs::read(dest.join(&long_below)).unwrap(), b"v2!");
+    assert_eq!(std::fs::read(dest.join("x/f")).unwrap(), b"v2!");
+    // Let the fixture's cleanup into the dirs it may not write.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+rwx"])
+        .arg(&dest)
+        .status();
+}
+
+/// A download that is not a tar leaves no dest behind.
+#[test]
+fn an_archive_that_is_not_a_tar_creates_no_dest() {
+    let fx = Fixture::new();
+    fx.write("not.tar", "<html>not found</html>\n");
+    let yaml = manifest_for(
+        &fx,
+        &fx.url("not.tar"),
+        &sha256(b"<html>not found</html>\n"),
+        NATIVE,
+    );
+    let log = fx.deploy(&yaml).failed();
+    assert!(log.contains("not a tar archive"), "{log}");
+    assert!(!fx.dest().exists(), "dest was created");
+    fx.assert_no_temp_files();
+}

@@ -219,7 +219,7 @@ impl Gen {
                     return;
                 };
                 match node {
-                    Node::File { data, mode, meta } => match self.rng.random_range(0..5) {
+                    Node::File { data, mode, meta } => match self.rng.random_range(0..6) {
                         0 => {
                             // Same size, new content, mtime moved on.
                             let len = data.len();
@@ -231,6 +231,15 @@ impl Gen {
                         1 => *mode ^= 0o044,
                         2 => meta.mtime.1 = (meta.mtime.1 + 1) % 1_000_000_000,
                         3 => meta.owner = new_meta.owner,
+                        4 => {
+                            // Same size and mtime, new content: the quick
+                            // check leaves dest's bytes; links to it must
+                            // still get the archive's.
+                            let len = data.len();
+                            *data = (0..len)
+                                .map(|_| self.rng.random_range(b'0'..=b'9'))
+                                .collect();
+                        }
                         _ => {
                             data.push(b'!');
                         }
@@ -293,7 +302,10 @@ fn fix_links(model: &mut Model) {
 /// an earlier member at a file's path that the file then replaces.
 /// Returns the archive and the paths whose last member is a directory
 /// ("" for `./`).
-fn archive(g: &mut Gen, model: &Model) -> (Vec<u8>, BTreeSet<String>) {
+/// The archive of `model`, in random order, with decoy members (later
+/// replaced) before some paths; `decoy_dirs` puts them before directories
+/// too (whose members may then be lost, as with tar).
+fn archive(g: &mut Gen, model: &Model, decoy_dirs: bool) -> (Vec<u8>, BTreeSet<String>) {
     let mut members: Vec<(String, Node)> = Vec::new();
     let mut links = Vec::new();
     for (path, node) in model {
@@ -307,8 +319,9 @@ fn archive(g: &mut Gen, model: &Model) -> (Vec<u8>, BTreeSet<String>) {
     links.shuffle(&mut g.rng);
     let mut ordered = Vec::new();
     for (path, node) in members {
-        if !matches!(node, Node::Dir { .. }) && g.rng.random_bool(0.1) {
-            let decoy = match g.rng.random_range(0..3) {
+        let is_dir = matches!(node, Node::Dir { .. });
+        if (decoy_dirs || !is_dir) && g.rng.random_bool(0.1) {
+            let decoy = match g.rng.random_range(usize::from(is_dir)..3) {
                 0 => g.dir(),
                 1 => g.symlink(),
                 _ => {
@@ -334,7 +347,9 @@ fn archive(g: &mut Gen, model: &Model) -> (Vec<u8>, BTreeSet<String>) {
         if matches!(node, Node::Dir { .. }) {
             explicit.insert(path.clone());
         } else {
-            explicit.remove(path);
+            // A non-directory takes the place of everything below it too.
+            let below = format!("{path}/");
+            explicit.retain(|p| p != path && !p.starts_with(&below));
         }
     }
     let mut b = tar::Builder::new(Vec::new());
@@ -489,7 +504,7 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
 
     // The starting dest: a tree deployed with rsync, plus files of its own.
     let v1 = g.tree();
-    let (tar1, _) = archive(&mut g, &v1);
+    let (tar1, _) = archive(&mut g, &v1, false);
     let base = dir.join("base");
     std::fs::write(dir.join("v1.tar"), &tar1).unwrap();
     place(
@@ -540,7 +555,7 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
         );
         settings.exclude_from = "exclude.txt".into();
     }
-    let (tar2, explicit) = archive(&mut g, &v2);
+    let (tar2, explicit) = archive(&mut g, &v2, true);
     let tar2_path = dir.join("v2.tar");
     std::fs::write(&tar2_path, &tar2).unwrap();
 
@@ -557,6 +572,11 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
     };
     match (&by_rsync, &by_native) {
         (Err(_), Err(_)) => {}
+        // Native never reads excluded members: a hard link among them whose
+        // target a decoy took away is no error for it.
+        (Err(e), Ok(()))
+            if e.contains("hard link")
+                && !(settings.excludes.is_empty() && settings.exclude_from.is_empty()) => {}
         (Ok(()), Ok(())) => {
             let a = snapshot(&with_rsync, &explicit);
             let b = snapshot(&with_native, &explicit);

@@ -35,6 +35,7 @@ mod write;
 
 pub(crate) use stream::{Kind, Member};
 use stream::{NotTar, TarStream};
+pub(crate) use write::set_mtime;
 use write::Writer;
 
 /// The default for `--max-extract-size`, when the extraction filesystem

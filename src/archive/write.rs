@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -112,7 +113,7 @@ impl Writer<'_> {
             }
             fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode))
                 .with_context(|| format!("chmod {}", path.display()))?;
-            filetime::set_file_mtime(&path, meta.mtime)
+            set_mtime(&path, meta.mtime)
                 .with_context(|| format!("setting mtime of {}", path.display()))?;
         }
         Ok(())
@@ -329,6 +330,37 @@ impl Writer<'_> {
             self.symlinks.insert(rel);
         }
         Ok(())
+    }
+}
+
+/// Sets the mtime of `path` (not following a symlink) and leaves its atime,
+/// without opening it: a directory we may not read still gets its mtime.
+pub(crate) fn set_mtime(path: &Path, mtime: FileTime) -> std::io::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime.unix_seconds(),
+            tv_nsec: i64::from(mtime.nanoseconds()),
+        },
+    ];
+    // SAFETY: `c_path` is a valid NUL-terminated string and `times` holds
+    // two timespecs, as utimensat requires.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 

@@ -56,11 +56,10 @@ impl Excludes {
     }
 
     /// Adds the patterns of an `exclude_from` file (`name`, for messages):
-    /// a pattern per line; blank lines and lines starting with `#` or `;`
-    /// are skipped.
+    /// a pattern per line (a `\r` ends a line too, as rsync reads it);
+    /// blank lines and lines starting with `#` or `;` are skipped.
     pub fn add_file(&mut self, name: &str, text: &str) -> Result<()> {
-        for line in text.lines() {
-            let line = line.strip_suffix('\r').unwrap_or(line);
+        for line in text.split(['\n', '\r']) {
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
@@ -265,13 +264,16 @@ fn wildmatch(p: &[u8], t: &[u8]) -> bool {
                 let Some(end) = class_end(p, pi) else {
                     return false;
                 };
-                if !class_matches(&p[pi + 1..end], t[ti]) {
+                // A class never matches `/`.
+                if t[ti] == b'/' || !class_matches(&p[pi + 1..end], t[ti]) {
                     return false;
                 }
                 pi = end + 1;
                 ti += 1;
             }
-            b'\\' if pi + 1 < p.len() => {
+            // A trailing `\` matches nothing.
+            b'\\' if pi + 1 == p.len() => return false,
+            b'\\' => {
                 if p[pi + 1] != t[ti] {
                     return false;
                 }
@@ -311,7 +313,9 @@ fn class_matches(set: &[u8], c: u8) -> bool {
                 i += 1;
                 hi = set[i];
             }
-            found |= (lo..=hi).contains(&c);
+            // The range's first end matches even when the range is
+            // reversed (`[b-a]` matches `b`), as in rsync's wildmatch.
+            found |= lo == c || (lo..=hi).contains(&c);
         } else {
             found |= lo == c;
         }
@@ -363,6 +367,11 @@ mod tests {
             ("logs/", "logs", false, false),
             ("\\*", "*", false, true),
             ("\\*", "a", false, false),
+            ("/a[!x]b", "a/b", false, false),
+            ("[b-a]", "b", false, true),
+            ("[b-a]", "a", false, false),
+            ("?\\", "b\\", false, false),
+            ("b\\", "b\\", false, true),
         ];
         for &(pattern, path, is_dir, want) in cases {
             assert_eq!(excluded(pattern, path, is_dir), want, "{pattern} on {path}");
@@ -384,11 +393,15 @@ mod tests {
     #[test]
     fn reads_an_exclude_file() {
         let mut x = Excludes::default();
-        x.add_file("exclude.txt", "# comment\n; comment\n\n*.tmp\r\n/cache/\n")
-            .unwrap();
+        x.add_file(
+            "exclude.txt",
+            "# comment\n; comment\n\n*.tmp\r\n/cache/\nc\rd\n",
+        )
+        .unwrap();
         assert!(x.excludes(Path::new("a/b.tmp"), false));
         assert!(x.excludes(Path::new("cache"), true));
         assert!(!x.excludes(Path::new("a/cache"), true));
         assert!(!x.excludes(Path::new("# comment"), false));
+        assert!(x.excludes(Path::new("c"), false) && x.excludes(Path::new("d"), false));
     }
 }

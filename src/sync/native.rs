@@ -3,7 +3,7 @@
 //!
 //! Each member is compared with what `dest` holds (rsync's quick check:
 //! type, size, mtime to the second). A file that passes is not written;
-//! its mode (and, as root, owner) is fixed in place. Anything else is
+//! its mode and group (and, as root, owner) are fixed in place. Anything else is
 //! written under a temp name in its directory and renamed over the old
 //! entry, so a reader sees the old file or the new one, never half of one.
 //! Archive order is arbitrary: parents are made as needed, a later member
@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -61,10 +62,16 @@ impl Strategy for Native {
             job.dest.display()
         );
         let placed = (|| {
-            make_dest(job.dest)?;
-            let budget = Budget::new(job.max_size, job.dest)?;
+            // The free space that bounds the default size limit is dest's,
+            // or its parent's while dest does not exist yet.
+            let on = match job.dest.exists() {
+                true => job.dest,
+                false => job.dest.parent().unwrap_or(job.dest),
+            };
+            let budget = Budget::new(job.max_size, on)?;
             let mut placer = Placer::new(job.dest, excludes, budget)?;
             archive::apply(job.archive, &mut placer, job.cancel)?;
+            placer.place_deferred()?;
             if !placer.pending.is_empty() {
                 placer.place_pending(job)?;
             }
@@ -76,10 +83,17 @@ impl Strategy for Native {
 }
 
 /// Creates `dest` (its parent must exist, as with rsync) unless it is
-/// already a directory.
-fn make_dest(dest: &Path) -> Result<()> {
+/// already a directory. As non-root, makes it writable until the end,
+/// when it gets `dest_mode`.
+fn make_dest(dest: &Path, root: bool) -> Result<()> {
     match fs::metadata(dest) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            if !root && meta.mode() & 0o700 != 0o700 {
+                fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() | 0o700))
+                    .with_context(|| format!("chmod {}", dest.display()))?;
+            }
+            Ok(())
+        }
         Ok(_) => bail!("dest {} is not a directory", dest.display()),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             fs::create_dir(dest).with_context(|| format!("mkdir {}", dest.display()))
@@ -126,7 +140,7 @@ struct DirMeta {
     mode: u32,
     /// `None` for a directory the archive only implies: its mtime is left.
     mtime: Option<FileTime>,
-    owner: Option<(u32, u32)>,
+    owner: Owner,
 }
 
 /// Counts for the closing log line.
@@ -155,20 +169,30 @@ struct Placer<'a> {
     made: HashSet<PathBuf>,
     /// Paths this run wrote or replaced.
     written: HashSet<PathBuf>,
-    /// Size and mtime of regular files this run replaced, as they were:
-    /// what rsync's quick check would have compared a later duplicate
-    /// member with.
-    originals: HashMap<PathBuf, (u64, i64, u32)>,
+    /// Regular files this run replaced, as they were: what rsync's quick
+    /// check compares a later duplicate member with (rsync compares the
+    /// archive's final tree with dest as it was).
+    originals: HashMap<PathBuf, Original>,
     /// Files left with another mtime than their member's (the quick
     /// check compares seconds only): the member's, for hard links to them,
     /// which rsync copies from the extracted tree.
     kept: HashMap<PathBuf, FileTime>,
     /// Members read so far.
     index: u64,
-    /// Hard links to excluded members, placed by a second read.
-    pending: Vec<Pending>,
+    /// Hard links whose data has gone by (to excluded or skipped members,
+    /// or to files the quick check left), by path: placed by a second read.
+    pending: BTreeMap<PathBuf, Pending>,
     /// Symlinks the archive placed.
     symlinks: HashSet<PathBuf>,
+    /// Non-directory members held back until the whole archive is read,
+    /// by path: those that replace a directory in dest, and those whose
+    /// path is excluded as a directory. A later member may make the path a
+    /// directory again (tar's last member wins), and then dest's directory
+    /// must never have been touched.
+    deferred: BTreeMap<PathBuf, Deferred>,
+    /// Whether dest exists (it is made on the first member, so an archive
+    /// that is not a tar leaves no dest behind).
+    dest_ready: bool,
     counts: Counts,
 }
 
@@ -176,12 +200,34 @@ impl Sink for Placer<'_> {
     fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
         let rel = m.path.as_path();
         self.index += 1;
+        if !self.dest_ready {
+            make_dest(self.dest, self.root)?;
+            self.made.insert(PathBuf::new());
+            self.dest_ready = true;
+        }
         if !self.pending.is_empty() {
             // A later member at the same path wins, as with tar.
             // A non-directory also takes whatever was below its path.
-            let dir = m.kind == Kind::Dir;
-            self.pending
-                .retain(|p| p.rel != rel && (dir || !p.rel.starts_with(rel)));
+            let gone: Vec<PathBuf> = match m.kind {
+                Kind::Dir => self
+                    .pending
+                    .get_key_value(rel)
+                    .map(|(p, _)| p.clone())
+                    .into_iter()
+                    .collect(),
+                // Paths below `rel` sort right after it.
+                _ => self
+                    .pending
+                    .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
+                    .map(|(p, _)| p)
+                    .take_while(|p| p.starts_with(rel))
+                    .cloned()
+                    .collect(),
+            };
+            for p in gone {
+                self.pending.remove(&p);
+                self.seen.remove(&p);
+            }
         }
         if rel.as_os_str().is_empty() {
             let meta = self.dir_meta(m)?;
@@ -196,15 +242,31 @@ impl Sink for Placer<'_> {
                 link
             );
         }
+        if let Some(file) = rel
+            .ancestors()
+            .skip(1)
+            .find(|a| self.seen.contains(*a) && !self.dirs.contains_key(*a))
+        {
+            bail!(
+                "archive member {:?} is below {:?}, which the archive made a file",
+                m.name,
+                file
+            );
+        }
         if m.kind == Kind::Symlink {
             self.symlinks.insert(rel.to_path_buf());
         } else {
             self.symlinks.remove(rel);
         }
+        if !self.deferred.is_empty() {
+            self.supersede(rel, m.kind == Kind::Dir);
+        }
         if self
             .excludes
             .excludes_here_or_above(rel, m.kind == Kind::Dir)
         {
+            // Not in the tree this run places (dest's entry, if any, stays).
+            self.seen.remove(rel);
             // Its parents are in the tree all the same, up to an excluded one.
             let kept = rel
                 .ancestors()
@@ -224,6 +286,11 @@ impl Sink for Placer<'_> {
             self.make_dirs(parent, &m.name)?;
         }
         let path = self.dest.join(rel);
+        if m.kind != Kind::Dir && self.must_defer(rel, &path) {
+            return self
+                .defer(m, rel, &path, data)
+                .with_context(|| format!("placing {} at {}", m.name, path.display()));
+        }
         match m.kind {
             Kind::Dir => self.dir(m, rel, &path),
             Kind::File => self.file(m, rel, &path, data),
@@ -250,7 +317,7 @@ impl<'a> Placer<'a> {
             DirMeta {
                 mode: 0,
                 mtime: None,
-                owner: root.then_some(ids),
+                owner: Owner::ours(root, ids),
             },
         );
         Ok(Placer {
@@ -267,8 +334,10 @@ impl<'a> Placer<'a> {
             originals: HashMap::new(),
             kept: HashMap::new(),
             index: 0,
-            pending: Vec::new(),
+            pending: BTreeMap::new(),
             symlinks: HashSet::new(),
+            deferred: BTreeMap::new(),
+            dest_ready: false,
             counts: Counts::default(),
         })
     }
@@ -282,14 +351,18 @@ impl<'a> Placer<'a> {
         }
     }
 
-    /// Owner and group to give, when root.
-    fn owner(&self, m: &Member) -> Result<Option<(u32, u32)>> {
+    /// Owner and group to give: the member's as root; else our group,
+    /// which rsync -g copies from the tree it extracted as us.
+    fn owner(&self, m: &Member) -> Result<Owner> {
         if !self.root {
-            return Ok(None);
+            return Ok(Owner::ours(false, self.ids));
         }
         let id =
             |n: u64| u32::try_from(n).map_err(|_| anyhow!("{}: owner id {n} out of range", m.name));
-        Ok(Some((id(m.uid)?, id(m.gid)?)))
+        Ok(Owner {
+            uid: Some(id(m.uid)?),
+            gid: id(m.gid)?,
+        })
     }
 
     fn dir_meta(&self, m: &Member) -> Result<DirMeta> {
@@ -326,7 +399,7 @@ impl<'a> Placer<'a> {
                 let meta = DirMeta {
                     mode: 0o777 & !self.umask,
                     mtime: None,
-                    owner: self.root.then_some(self.ids),
+                    owner: Owner::ours(self.root, self.ids),
                 };
                 self.dirs.insert(dir.to_path_buf(), meta);
             }
@@ -338,14 +411,14 @@ impl<'a> Placer<'a> {
     fn ensure_dir(&mut self, rel: &Path, path: &Path) -> Result<()> {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
-                if !self.root && meta.mode() & 0o300 != 0o300 {
+                if !self.root && meta.mode() & 0o700 != 0o700 {
                     // Its final mode is applied at the end.
                     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() | 0o700))
                         .with_context(|| format!("chmod {}", path.display()))?;
                 }
             }
             Ok(meta) => {
-                self.note_original(rel, &meta);
+                self.note_original(rel, path, &meta);
                 fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
                 fs::create_dir(path).with_context(|| format!("mkdir {}", path.display()))?;
             }
@@ -390,19 +463,14 @@ impl<'a> Placer<'a> {
             .ancestors()
             .skip(1)
             .any(|a| self.symlinks.contains(a));
-        if !through_link
-            && !self.seen.contains(target)
-            && (self.excludes.excludes_here_or_above(target, false)
-                || self.excludes.excludes_here_or_above(target, true))
-        {
+        let unplaced = self.deferred.contains_key(target)
+            || !self.seen.contains(target)
+                && (self.excludes.excludes_here_or_above(target, false)
+                    || self.excludes.excludes_here_or_above(target, true));
+        if !through_link && unplaced {
             // Its data has gone by: read the archive again at the end.
             self.seen.insert(rel.to_path_buf());
-            self.pending.push(Pending {
-                index: self.index,
-                rel: rel.to_path_buf(),
-                target: target.to_path_buf(),
-                name: m.name.clone(),
-            });
+            self.defer_link(m, rel);
             return Ok(());
         }
         if through_link || !self.seen.contains(target) {
@@ -419,7 +487,13 @@ impl<'a> Placer<'a> {
             Some(&mtime) => mtime,
             None => FileTime::from_last_modification_time(&meta),
         };
-        let owner = self.root.then_some((meta.uid(), meta.gid()));
+        let owner = match self.root {
+            true => Owner {
+                uid: Some(meta.uid()),
+                gid: meta.gid(),
+            },
+            false => Owner::ours(false, self.ids),
+        };
         if meta.file_type().is_symlink() {
             let link = fs::read_link(&source)?;
             self.symlinks.insert(rel.to_path_buf());
@@ -437,6 +511,12 @@ impl<'a> Placer<'a> {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
             Check::Differs(want) => want,
         };
+        if !self.written.contains(target) {
+            // The quick check left dest's file there, whose bytes may not
+            // be the member's: rsync copies the member's.
+            self.defer_link(m, rel);
+            return Ok(());
+        }
         self.budget.charge(meta.len(), &m.name)?;
         self.replace_with_file(rel, path, &want, |file| {
             let mut from =
@@ -444,6 +524,104 @@ impl<'a> Placer<'a> {
             std::io::copy(&mut from, &mut &*file)?;
             Ok(())
         })
+    }
+
+    /// Whether the non-directory member at `rel` must wait for the end of
+    /// the archive: it would replace a directory in dest, or a later
+    /// directory member there would be excluded.
+    fn must_defer(&self, rel: &Path, path: &Path) -> bool {
+        self.excludes.excludes(rel, true)
+            || fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+    }
+
+    /// Holds back the non-directory member `m` at `rel`: a file's data goes
+    /// to a temp name beside `path`, a hard link waits for the second read.
+    /// The archive's tree has no directory at `rel` any more.
+    fn defer(&mut self, m: &Member, rel: &Path, path: &Path, data: &mut Data<'_>) -> Result<()> {
+        if fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir()) {
+            let below = paths_below(rel, path);
+            self.forget_dir(rel, below);
+        }
+        self.dirs.remove(rel);
+        self.made.remove(rel);
+        self.seen.insert(rel.to_path_buf());
+        let captured = match m.kind {
+            Kind::File => {
+                let want = Wanted {
+                    mode: self.mode(m),
+                    owner: self.owner(m)?,
+                    mtime: mtime_of(m),
+                };
+                let temp = TempName::beside(path)?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp.0)
+                    .with_context(|| format!("creating {}", temp.0.display()))?;
+                self.budget.charge(m.size, &m.name)?;
+                data.write_to(m, &file)?;
+                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                Captured::File(temp, want, size)
+            }
+            Kind::Symlink => Captured::Symlink(m.link.clone(), self.owner(m)?, mtime_of(m)),
+            Kind::HardLink => {
+                self.defer_link(m, rel);
+                return Ok(());
+            }
+            Kind::Dir | Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => return Ok(()),
+        };
+        let held = Deferred {
+            name: m.name.clone(),
+            captured,
+        };
+        self.deferred.insert(rel.to_path_buf(), held);
+        Ok(())
+    }
+
+    /// Drops held-back members that the member at `rel` replaces: one at
+    /// `rel` and, for a non-directory, those below it.
+    fn supersede(&mut self, rel: &Path, dir: bool) {
+        self.deferred.remove(rel);
+        if !dir {
+            let below: Vec<PathBuf> = self
+                .deferred
+                .range::<Path, _>((std::ops::Bound::Excluded(rel), std::ops::Bound::Unbounded))
+                .map(|(p, _)| p)
+                .take_while(|p| p.starts_with(rel))
+                .cloned()
+                .collect();
+            for p in below {
+                self.deferred.remove(&p);
+            }
+        }
+    }
+
+    /// Places the members held back, now that no later member replaces
+    /// them.
+    fn place_deferred(&mut self) -> Result<()> {
+        for (rel, held) in std::mem::take(&mut self.deferred) {
+            let p = Pending {
+                index: 0,
+                target: rel.clone(),
+                rel,
+                name: held.name,
+            };
+            self.place_captured(&p, held.captured)?;
+        }
+        Ok(())
+    }
+
+    /// Places the hard link `m` (at `rel`) after a second read of the
+    /// archive, which finds its target's data.
+    fn defer_link(&mut self, m: &Member, rel: &Path) {
+        let link = Pending {
+            index: self.index,
+            rel: rel.to_path_buf(),
+            target: m.target.clone(),
+            name: m.name.clone(),
+        };
+        self.pending.insert(rel.to_path_buf(), link);
     }
 
     /// rsync's quick check, against what dest held before this run: a
@@ -456,16 +634,25 @@ impl<'a> Placer<'a> {
         let secs = want.mtime.unix_seconds();
         self.kept.remove(rel);
         if self.written.contains(rel) {
-            return Ok(match self.originals.get(rel) {
-                Some(&(len, s, nanos)) if (len, s) == (size, secs) => {
-                    self.kept.insert(rel.to_path_buf(), want.mtime);
-                    Check::Differs(Wanted {
-                        mtime: FileTime::from_unix_time(s, nanos),
-                        ..want
-                    })
+            let original = match self.originals.remove(rel) {
+                Some(o) if (o.len, o.secs) == (size, secs) => o,
+                Some(o) => {
+                    self.originals.insert(rel.to_path_buf(), o);
+                    return Ok(Check::Differs(want));
                 }
-                _ => Check::Differs(want),
-            });
+                None => return Ok(Check::Differs(want)),
+            };
+            let Some(saved) = original.saved else {
+                // Its bytes are gone: write the member's, with its mtime.
+                self.kept.insert(rel.to_path_buf(), want.mtime);
+                return Ok(Check::Differs(Wanted {
+                    mtime: FileTime::from_unix_time(original.secs, original.nanos),
+                    ..want
+                }));
+            };
+            // Dest's file passes after all: put it back.
+            self.rename_over(rel, path, saved)?;
+            self.written.remove(rel);
         }
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
@@ -483,12 +670,21 @@ impl<'a> Placer<'a> {
     }
 
     /// Remembers the regular file at `rel` (`meta`) before this run first
-    /// replaces it.
-    fn note_original(&mut self, rel: &Path, meta: &fs::Metadata) {
+    /// replaces it, keeping it under a temp name (a hard link) until the
+    /// whole archive is placed: a later member at `rel` may pass the quick
+    /// check against it.
+    fn note_original(&mut self, rel: &Path, path: &Path, meta: &fs::Metadata) {
         if meta.is_file() && self.written.insert(rel.to_path_buf()) {
-            let nanos = u32::try_from(meta.mtime_nsec()).unwrap_or(0);
-            self.originals
-                .insert(rel.to_path_buf(), (meta.len(), meta.mtime(), nanos));
+            let saved = TempName::beside(path)
+                .ok()
+                .filter(|temp| fs::hard_link(path, &temp.0).is_ok());
+            let original = Original {
+                len: meta.len(),
+                secs: meta.mtime(),
+                nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                saved,
+            };
+            self.originals.insert(rel.to_path_buf(), original);
         }
         self.written.insert(rel.to_path_buf());
     }
@@ -510,8 +706,9 @@ impl<'a> Placer<'a> {
             .open(&temp.0)
             .with_context(|| format!("creating {}", temp.0.display()))?;
         fill(&file)?;
-        if let Some((uid, gid)) = want.owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).context("chown")?;
+        if want.owner.differs(&file.metadata()?) {
+            std::os::unix::fs::fchown(&file, want.owner.uid, Some(want.owner.gid))
+                .context("chown")?;
         }
         file.set_permissions(fs::Permissions::from_mode(want.mode))
             .context("chmod")?;
@@ -528,7 +725,7 @@ impl<'a> Placer<'a> {
         rel: &Path,
         path: &Path,
         link: &Path,
-        owner: Option<(u32, u32)>,
+        owner: Owner,
         mtime: FileTime,
     ) -> Result<()> {
         self.seen.insert(rel.to_path_buf());
@@ -546,13 +743,15 @@ impl<'a> Placer<'a> {
             self.counts.unchanged += 1;
         }
         let meta = fs::symlink_metadata(path)?;
-        if let Some((uid, gid)) = owner {
-            if (meta.uid(), meta.gid()) != (uid, gid) {
-                std::os::unix::fs::lchown(path, Some(uid), Some(gid)).context("chown")?;
-            }
+        if owner.differs(&meta) {
+            owner.set(path)?;
         }
+        self.kept.remove(rel);
         if meta.mtime() != mtime.unix_seconds() || !same {
             filetime::set_symlink_file_times(path, mtime, mtime).context("setting mtime")?;
+        } else if FileTime::from_last_modification_time(&meta) != mtime {
+            // Left with its own nanoseconds, as rsync leaves it.
+            self.kept.insert(rel.to_path_buf(), mtime);
         }
         Ok(())
     }
@@ -561,10 +760,11 @@ impl<'a> Placer<'a> {
     fn rename_over(&mut self, rel: &Path, path: &Path, temp: TempName) -> Result<()> {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
+                let below = paths_below(rel, path);
                 self.remove_dir(rel, path)?;
-                self.forget_dir(rel);
+                self.forget_dir(rel, below);
             }
-            Ok(meta) => self.note_original(rel, &meta),
+            Ok(meta) => self.note_original(rel, path, &meta),
             Err(_) => {}
         }
         fs::rename(&temp.0, path).with_context(|| format!("rename to {}", path.display()))?;
@@ -589,17 +789,11 @@ impl<'a> Placer<'a> {
         Ok(())
     }
 
-    /// Forgets the directory at `rel` and what this run placed below it:
-    /// a non-directory replaced it.
-    fn forget_dir(&mut self, rel: &Path) {
+    /// Forgets the directory at `rel` and what was below it (`below`): a
+    /// non-directory replaced it.
+    fn forget_dir(&mut self, rel: &Path, below: Vec<PathBuf>) {
         self.dirs.remove(rel);
         self.made.remove(rel);
-        let below: Vec<PathBuf> = self
-            .seen
-            .iter()
-            .filter(|p| p.starts_with(rel) && p.as_path() != rel)
-            .cloned()
-            .collect();
         for p in below {
             self.seen.remove(&p);
             self.dirs.remove(&p);
@@ -613,6 +807,11 @@ impl<'a> Placer<'a> {
     /// paths), then gives directories their metadata, deepest first; dest
     /// itself gets `dest_mode`.
     fn finish(mut self, dest_mode: u32, cancel: &CancellationToken) -> Result<()> {
+        if !self.dest_ready {
+            make_dest(self.dest, self.root)?;
+        }
+        // Dest's files that no later member passed go now.
+        self.originals.clear();
         self.delete_extra(Path::new(""), cancel)?;
         if let Some(root) = self.dirs.get_mut(Path::new("")) {
             root.mode = dest_mode;
@@ -626,12 +825,11 @@ impl<'a> Placer<'a> {
                 continue;
             }
             let mut chowned = false;
-            if let Some((uid, gid)) = meta.owner {
-                if (now.uid(), now.gid()) != (uid, gid) {
-                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                        .with_context(|| format!("chown {}", path.display()))?;
-                    chowned = true;
-                }
+            if meta.owner.differs(&now) {
+                meta.owner
+                    .set(&path)
+                    .with_context(|| format!("chown {}", path.display()))?;
+                chowned = true;
             }
             if now.mode() & 0o7777 != meta.mode || chowned {
                 fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode))
@@ -639,7 +837,7 @@ impl<'a> Placer<'a> {
             }
             if let Some(mtime) = meta.mtime {
                 if fs::symlink_metadata(&path)?.mtime() != mtime.unix_seconds() {
-                    filetime::set_file_mtime(&path, mtime)
+                    archive::set_mtime(&path, mtime)
                         .with_context(|| format!("setting mtime of {}", path.display()))?;
                 }
             }
@@ -721,16 +919,28 @@ impl<'a> Placer<'a> {
 }
 
 impl Placer<'_> {
-    /// Reads the archive again for the members that hard links to excluded
-    /// members point at, and places copies of them at the links' paths.
+    /// Reads the archive again for the members whose data pending hard
+    /// links need, and places copies of them at the links' paths.
     fn place_pending(&mut self, job: &Job<'_>) -> Result<()> {
+        let mut due: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
+        let mut by_target: HashMap<PathBuf, Vec<(u64, PathBuf)>> = HashMap::new();
+        for p in std::mem::take(&mut self.pending).into_values() {
+            by_target
+                .entry(p.target.clone())
+                .or_default()
+                .push((p.index, p.rel.clone()));
+            due.entry(p.index).or_default().push(p);
+        }
         let mut late = Late {
             placer: self,
             index: 0,
+            due,
+            by_target,
             captured: HashMap::new(),
+            captured_by_target: BTreeMap::new(),
         };
         archive::apply(job.archive, &mut late, job.cancel)?;
-        match self.pending.first() {
+        match late.due.values().flatten().next() {
             Some(p) => bail!(
                 "hard link {} to {}: no such member",
                 p.name,
@@ -772,13 +982,12 @@ impl Placer<'_> {
                 match self.quick_check(&p.rel, &path, size, want)? {
                     Check::Same(meta, want) => fix_in_place(&path, meta, &want),
                     Check::Differs(want) => {
-                        if let Some((uid, gid)) = want.owner {
-                            std::os::unix::fs::lchown(&temp.0, Some(uid), Some(gid))
-                                .context("chown")?;
+                        if want.owner.differs(&fs::symlink_metadata(&temp.0)?) {
+                            want.owner.set(&temp.0)?;
                         }
                         fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode))
                             .context("chmod")?;
-                        filetime::set_file_mtime(&temp.0, want.mtime).context("setting mtime")?;
+                        archive::set_mtime(&temp.0, want.mtime).context("setting mtime")?;
                         self.rename_over(&p.rel, &path, temp)?;
                         self.counts.written += 1;
                         Ok(())
@@ -794,9 +1003,15 @@ impl Placer<'_> {
 struct Late<'p, 'a> {
     placer: &'p mut Placer<'a>,
     index: u64,
+    /// Pending links by their place in the archive.
+    due: BTreeMap<u64, Vec<Pending>>,
+    /// Pending links' places and paths, by target.
+    by_target: HashMap<PathBuf, Vec<(u64, PathBuf)>>,
     /// What each pending link (by path) will be: the last member at its
     /// target before it.
     captured: HashMap<PathBuf, Captured>,
+    /// The links captured so far, by target.
+    captured_by_target: BTreeMap<PathBuf, Vec<PathBuf>>,
 }
 
 /// A link target's data or symlink, kept until the link's turn.
@@ -804,18 +1019,30 @@ enum Captured {
     /// A temp file beside the link's path, the metadata and size it gets.
     File(TempName, Wanted, u64),
     /// A symlink: its target, owner and mtime.
-    Symlink(PathBuf, Option<(u32, u32)>, FileTime),
+    Symlink(PathBuf, Owner, FileTime),
 }
 
 impl Sink for Late<'_, '_> {
     fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
         self.index += 1;
         let index = self.index;
-        let (due, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.placer.pending)
-            .into_iter()
-            .partition(|p| p.index == index);
-        self.placer.pending = rest;
-        for p in due {
+        if m.kind != Kind::Dir && !self.captured.is_empty() {
+            // A non-directory takes away what was below its path, as in
+            // the extracted tree.
+            let gone: Vec<PathBuf> = self
+                .captured_by_target
+                .range::<Path, _>((
+                    std::ops::Bound::Excluded(m.path.as_path()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(t, _)| t.starts_with(&m.path))
+                .flat_map(|(_, rels)| rels.iter().cloned())
+                .collect();
+            for rel in gone {
+                self.captured.remove(&rel);
+            }
+        }
+        for p in self.due.remove(&index).unwrap_or_default() {
             let Some(captured) = self.captured.remove(&p.rel) else {
                 bail!(
                     "hard link {} to {}: no such member",
@@ -826,11 +1053,12 @@ impl Sink for Late<'_, '_> {
             self.placer.place_captured(&p, captured)?;
         }
         let waiting: Vec<PathBuf> = self
-            .placer
-            .pending
-            .iter()
-            .filter(|p| p.target == m.path && p.index > index)
-            .map(|p| p.rel.clone())
+            .by_target
+            .get(&m.path)
+            .into_iter()
+            .flatten()
+            .filter(|(i, _)| *i > index)
+            .map(|(_, rel)| rel.clone())
             .collect();
         let Some(first) = waiting.first() else {
             return Ok(());
@@ -838,6 +1066,8 @@ impl Sink for Late<'_, '_> {
         for rel in &waiting {
             self.captured.remove(rel);
         }
+        self.captured_by_target
+            .insert(m.path.clone(), waiting.clone());
         match m.kind {
             Kind::Symlink => {
                 let owner = self.placer.owner(m)?;
@@ -883,15 +1113,33 @@ impl Sink for Late<'_, '_> {
     }
 }
 
+/// Every path below the directory `path` (at `rel`) in dest, as far as
+/// it can be read.
+fn paths_below(rel: &Path, path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(rel.to_path_buf(), path.to_path_buf())];
+    while let Some((rel, path)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let child = rel.join(entry.file_name());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((child.clone(), entry.path()));
+            }
+            out.push(child);
+        }
+    }
+    out
+}
+
 /// Gives an unchanged file (now `meta`) the wanted mode and owner.
 fn fix_in_place(path: &Path, meta: fs::Metadata, want: &Wanted) -> Result<()> {
     let mut mode = meta.mode() & 0o7777;
-    if let Some((uid, gid)) = want.owner {
-        if (meta.uid(), meta.gid()) != (uid, gid) {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).context("chown")?;
-            // A chown clears setuid and setgid.
-            mode = fs::symlink_metadata(path)?.mode() & 0o7777;
-        }
+    if want.owner.differs(&meta) {
+        want.owner.set(path)?;
+        // A chown clears setuid and setgid.
+        mode = fs::symlink_metadata(path)?.mode() & 0o7777;
     }
     if mode != want.mode {
         fs::set_permissions(path, fs::Permissions::from_mode(want.mode)).context("chmod")?;
@@ -907,6 +1155,21 @@ enum Check {
     Differs(Wanted),
 }
 
+/// A regular file in dest before this run replaced it.
+struct Original {
+    len: u64,
+    secs: i64,
+    nanos: u32,
+    /// The file itself, under a temp name, when it could be kept.
+    saved: Option<TempName>,
+}
+
+/// A member held back until the end of the archive.
+struct Deferred {
+    name: String,
+    captured: Captured,
+}
+
 /// A hard link to a member that is excluded (so not in dest): the second
 /// read of the archive copies that member's data.
 struct Pending {
@@ -917,11 +1180,43 @@ struct Pending {
     name: String,
 }
 
+/// Who a placed entry belongs to. As root, the member's owner and group.
+/// Otherwise only the group is ours to set (rsync -a without root: -g, not
+/// -o), and a group we may not set is left, where rsync would fail.
+#[derive(Clone, Copy)]
+struct Owner {
+    uid: Option<u32>,
+    gid: u32,
+}
+
+impl Owner {
+    /// Our own (`ids`): what implied directories get.
+    fn ours(root: bool, ids: (u32, u32)) -> Self {
+        Owner {
+            uid: root.then_some(ids.0),
+            gid: ids.1,
+        }
+    }
+
+    /// Whether `meta` has another owner or group than this.
+    fn differs(&self, meta: &fs::Metadata) -> bool {
+        self.uid.is_some_and(|uid| uid != meta.uid()) || self.gid != meta.gid()
+    }
+
+    /// Sets this owner on `path` (not following a symlink).
+    fn set(&self, path: &Path) -> Result<()> {
+        match std::os::unix::fs::lchown(path, self.uid, Some(self.gid)) {
+            Err(e) if self.uid.is_none() && e.kind() == ErrorKind::PermissionDenied => Ok(()),
+            other => other.with_context(|| format!("chown {}", path.display())),
+        }
+    }
+}
+
 /// Metadata a placed file ends with.
 #[derive(Clone, Copy)]
 struct Wanted {
     mode: u32,
-    owner: Option<(u32, u32)>,
+    owner: Owner,
     mtime: FileTime,
 }
 
@@ -939,8 +1234,10 @@ impl TempName {
         let name = path
             .file_name()
             .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
+        // Short enough for NAME_MAX (255 bytes) with the dots and suffix.
+        let name = &name.as_bytes()[..name.len().min(247)];
         let mut temp = std::ffi::OsString::from(".");
-        temp.push(name);
+        temp.push(std::ffi::OsStr::from_bytes(name));
         temp.push(format!(".{:06x}", rand::random::<u32>() & 0xff_ffff));
         Ok(TempName(path.with_file_name(temp)))
     }
