@@ -128,11 +128,11 @@ fn free_space(dir: &Path) -> Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-const READ_BUFFER: usize = 1 << 20;
+const READ_BUFFER: usize = 256 << 10;
 
 /// Bytes the decompressor hands over at a time, and how many such chunks
 /// may wait for the writer.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 const CHUNKS_AHEAD: usize = 4;
 
 /// Compression detected from the first bytes of an archive.

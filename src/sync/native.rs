@@ -83,20 +83,21 @@ impl Strategy for Native {
 }
 
 /// Creates `dest` (its parent must exist, as with rsync) unless it is
-/// already a directory. As non-root, makes it writable until the end,
-/// when it gets `dest_mode`.
-fn make_dest(dest: &Path, root: bool) -> Result<()> {
+/// already a directory (then says so). As non-root, makes it writable
+/// until the end, when it gets `dest_mode`.
+fn make_dest(dest: &Path, root: bool) -> Result<bool> {
     match fs::metadata(dest) {
         Ok(meta) if meta.is_dir() => {
             if !root && meta.mode() & 0o700 != 0o700 {
                 fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() | 0o700))
                     .with_context(|| format!("chmod {}", dest.display()))?;
             }
-            Ok(())
+            Ok(false)
         }
         Ok(_) => bail!("dest {} is not a directory", dest.display()),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            fs::create_dir(dest).with_context(|| format!("mkdir {}", dest.display()))
+            fs::create_dir(dest).with_context(|| format!("mkdir {}", dest.display()))?;
+            Ok(true)
         }
         Err(e) => Err(e).with_context(|| format!("stat {}", dest.display())),
     }
@@ -167,6 +168,9 @@ struct Placer<'a> {
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// Directories known to be real directories in dest now.
     made: HashSet<PathBuf>,
+    /// Directories this run created: all they hold is from this run, so
+    /// nothing in them needs a look at dest (no stat, nothing to delete).
+    fresh: HashSet<PathBuf>,
     /// Paths this run wrote or replaced.
     written: HashSet<PathBuf>,
     /// Regular files this run replaced, as they were: what rsync's quick
@@ -201,7 +205,9 @@ impl Sink for Placer<'_> {
         let rel = m.path.as_path();
         self.index += 1;
         if !self.dest_ready {
-            make_dest(self.dest, self.root)?;
+            if make_dest(self.dest, self.root)? {
+                self.fresh.insert(PathBuf::new());
+            }
             self.made.insert(PathBuf::new());
             self.dest_ready = true;
         }
@@ -330,6 +336,7 @@ impl<'a> Placer<'a> {
             seen: HashSet::new(),
             dirs,
             made: HashSet::new(),
+            fresh: HashSet::new(),
             written: HashSet::new(),
             originals: HashMap::new(),
             kept: HashMap::new(),
@@ -421,9 +428,11 @@ impl<'a> Placer<'a> {
                 self.note_original(rel, path, &meta);
                 fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
                 fs::create_dir(path).with_context(|| format!("mkdir {}", path.display()))?;
+                self.fresh.insert(rel.to_path_buf());
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 fs::create_dir(path).with_context(|| format!("mkdir {}", path.display()))?;
+                self.fresh.insert(rel.to_path_buf());
             }
             Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
         }
@@ -448,12 +457,13 @@ impl<'a> Placer<'a> {
             owner: self.owner(m)?,
             mtime: mtime_of(m),
         };
-        let want = match self.quick_check(rel, path, size, want)? {
+        let (want, vacant) = match self.quick_check(rel, path, size, want)? {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
-            Check::Differs(want) => want,
+            Check::Differs(want) => (want, false),
+            Check::Vacant(want) => (want, true),
         };
         self.budget.charge(m.size, &m.name)?;
-        self.replace_with_file(rel, path, &want, |file| data.write_to(m, file))
+        self.replace_with_file(rel, path, &want, vacant, |file| data.write_to(m, file))
     }
 
     /// A hard link in the archive is a copy in dest, as with rsync -a.
@@ -507,18 +517,19 @@ impl<'a> Placer<'a> {
             owner,
             mtime,
         };
-        let want = match self.quick_check(rel, path, meta.len(), want)? {
+        let (want, vacant) = match self.quick_check(rel, path, meta.len(), want)? {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
-            Check::Differs(want) => want,
+            Check::Differs(want) => (want, false),
+            Check::Vacant(want) => (want, true),
         };
-        if !self.written.contains(target) {
+        if !self.written.contains(target) && !self.in_fresh(target) {
             // The quick check left dest's file there, whose bytes may not
             // be the member's: rsync copies the member's.
             self.defer_link(m, rel);
             return Ok(());
         }
         self.budget.charge(meta.len(), &m.name)?;
-        self.replace_with_file(rel, path, &want, |file| {
+        self.replace_with_file(rel, path, &want, vacant, |file| {
             let mut from =
                 File::open(&source).with_context(|| format!("open {}", source.display()))?;
             std::io::copy(&mut from, &mut &*file)?;
@@ -531,7 +542,13 @@ impl<'a> Placer<'a> {
     /// directory member there would be excluded.
     fn must_defer(&self, rel: &Path, path: &Path) -> bool {
         self.excludes.excludes(rel, true)
-            || fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+            || !(self.in_fresh(rel) && !self.seen.contains(rel))
+                && fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+    }
+
+    /// Whether `rel` is in a directory this run created.
+    fn in_fresh(&self, rel: &Path) -> bool {
+        rel.parent().is_some_and(|dir| self.fresh.contains(dir))
     }
 
     /// Holds back the non-directory member `m` at `rel`: a file's data goes
@@ -630,9 +647,18 @@ impl<'a> Placer<'a> {
     /// twice), dest's original is gone: if it would have passed, the new
     /// file keeps its mtime, as rsync leaves it.
     fn quick_check(&mut self, rel: &Path, path: &Path, size: u64, want: Wanted) -> Result<Check> {
-        self.seen.insert(rel.to_path_buf());
+        let new = self.seen.insert(rel.to_path_buf());
         let secs = want.mtime.unix_seconds();
-        self.kept.remove(rel);
+        if !self.kept.is_empty() {
+            self.kept.remove(rel);
+        }
+        if self.in_fresh(rel) {
+            // Dest had nothing here: only this run's members.
+            return Ok(match new {
+                true => Check::Vacant(want),
+                false => Check::Differs(want),
+            });
+        }
         if self.written.contains(rel) {
             let original = match self.originals.remove(rel) {
                 Some(o) if (o.len, o.secs) == (size, secs) => o,
@@ -690,32 +716,47 @@ impl<'a> Placer<'a> {
     }
 
     /// Writes a new file with `fill` under a temp name beside `path`, gives
-    /// it the wanted metadata, and renames it over whatever is at `path`.
+    /// it the wanted metadata, and renames it over whatever is at `path`
+    /// (nothing, when `vacant`).
     fn replace_with_file(
         &mut self,
         rel: &Path,
         path: &Path,
         want: &Wanted,
+        vacant: bool,
         fill: impl FnOnce(&File) -> Result<()>,
     ) -> Result<()> {
         let temp = TempName::beside(path)?;
+        // Created with its final permission bits when the umask keeps them
+        // (it holds the member's bytes, which end up that readable anyway).
+        let created = want.mode & 0o777;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(created)
             .open(&temp.0)
             .with_context(|| format!("creating {}", temp.0.display()))?;
         fill(&file)?;
+        let mut mode = created & !self.umask;
         if want.owner.differs(&file.metadata()?) {
             std::os::unix::fs::fchown(&file, want.owner.uid, Some(want.owner.gid))
                 .context("chown")?;
+            // A chown may clear setuid and setgid.
+            mode = u32::MAX;
         }
-        file.set_permissions(fs::Permissions::from_mode(want.mode))
-            .context("chmod")?;
+        if mode != want.mode {
+            file.set_permissions(fs::Permissions::from_mode(want.mode))
+                .context("chmod")?;
+        }
         filetime::set_file_handle_times(&file, None, Some(want.mtime)).context("setting mtime")?;
         drop(file);
-        self.rename_over(rel, path, temp)?;
-        self.written.insert(rel.to_path_buf());
+        if vacant {
+            fs::rename(&temp.0, path).with_context(|| format!("rename to {}", path.display()))?;
+            temp.keep();
+        } else {
+            self.rename_over(rel, path, temp)?;
+            self.written.insert(rel.to_path_buf());
+        }
         self.counts.written += 1;
         Ok(())
     }
@@ -794,7 +835,9 @@ impl<'a> Placer<'a> {
     fn forget_dir(&mut self, rel: &Path, below: Vec<PathBuf>) {
         self.dirs.remove(rel);
         self.made.remove(rel);
+        self.fresh.remove(rel);
         for p in below {
+            self.fresh.remove(&p);
             self.seen.remove(&p);
             self.dirs.remove(&p);
             self.made.remove(&p);
@@ -807,12 +850,15 @@ impl<'a> Placer<'a> {
     /// paths), then gives directories their metadata, deepest first; dest
     /// itself gets `dest_mode`.
     fn finish(mut self, dest_mode: u32, cancel: &CancellationToken) -> Result<()> {
-        if !self.dest_ready {
-            make_dest(self.dest, self.root)?;
+        if !self.dest_ready && make_dest(self.dest, self.root)? {
+            self.fresh.insert(PathBuf::new());
         }
+        let dest_fresh = self.fresh.contains(Path::new(""));
         // Dest's files that no later member passed go now.
         self.originals.clear();
-        self.delete_extra(Path::new(""), cancel)?;
+        if !dest_fresh {
+            self.delete_extra(Path::new(""), cancel)?;
+        }
         if let Some(root) = self.dirs.get_mut(Path::new("")) {
             root.mode = dest_mode;
         }
@@ -863,7 +909,7 @@ impl<'a> Placer<'a> {
             let child = rel.join(entry.file_name());
             let is_dir = entry.file_type()?.is_dir();
             if self.seen.contains(&child) {
-                if is_dir {
+                if is_dir && !self.fresh.contains(&child) {
                     self.delete_extra(&child, cancel)?;
                 }
                 continue;
@@ -981,7 +1027,7 @@ impl Placer<'_> {
             Captured::File(temp, want, size) => {
                 match self.quick_check(&p.rel, &path, size, want)? {
                     Check::Same(meta, want) => fix_in_place(&path, meta, &want),
-                    Check::Differs(want) => {
+                    Check::Differs(want) | Check::Vacant(want) => {
                         if want.owner.differs(&fs::symlink_metadata(&temp.0)?) {
                             want.owner.set(&temp.0)?;
                         }
@@ -1153,6 +1199,8 @@ enum Check {
     Same(fs::Metadata, Wanted),
     /// Write it.
     Differs(Wanted),
+    /// Write it: nothing is there.
+    Vacant(Wanted),
 }
 
 /// A regular file in dest before this run replaced it.
