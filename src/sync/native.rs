@@ -542,7 +542,7 @@ impl<'a> Placer<'a> {
     /// directory member there would be excluded.
     fn must_defer(&self, rel: &Path, path: &Path) -> bool {
         self.excludes.excludes(rel, true)
-            || !(self.in_fresh(rel) && !self.seen.contains(rel))
+            || (self.seen.contains(rel) || !self.in_fresh(rel))
                 && fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
     }
 
