@@ -22,6 +22,15 @@ impl ScratchDir {
         Ok(ScratchDir { path: dir.keep() })
     }
 
+    /// Creates a new private dir in `dir`, named `<prefix>…`.
+    pub fn new_in(dir: &Path, prefix: &str) -> Result<Self> {
+        let made = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(dir)
+            .with_context(|| format!("creating an extraction dir in {}", dir.display()))?;
+        Ok(ScratchDir { path: made.keep() })
+    }
+
     /// The dir's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -9,8 +9,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::{
-    app_manifest, manifest_for, mode, sha256, signal, tar, tree, wait_exit, wait_for, Fixture,
-    Member,
+    app_manifest, app_tar, manifest_for, mode, sha256, signal, tar, tree, wait_exit, wait_for,
+    Fixture, Member,
 };
 
 const NATIVE: &str = "sync_strategy: native\n";
@@ -326,4 +326,52 @@ fn an_archive_that_is_not_a_tar_creates_no_dest() {
     assert!(log.contains("not a tar archive"), "{log}");
     assert!(!fx.dest().exists(), "dest was created");
     fx.assert_no_temp_files();
+}
+
+/// A first deploy into a missing dest renames the extracted tree into
+/// place; with a pattern (even one that matches nothing) or hard links in
+/// the archive, files are placed one by one. Each way leaves what real
+/// rsync leaves, and nothing beside dest.
+#[test]
+fn a_first_deploy_renames_the_extraction_into_place_and_equals_rsync() {
+    let never = "excludes: [\"never-matches\"]\n";
+    let deploy = |strategy: &str, extra: &str, archive: &[u8]| {
+        let fx = Fixture::new();
+        fx.write("a.tar", archive);
+        let yaml = manifest_for(
+            &fx,
+            &fx.url("a.tar"),
+            &sha256(archive),
+            &format!("sync_strategy: {strategy}\ndest_mode: 0750\n{extra}"),
+        );
+        let log = fx.deploy(&yaml).ok();
+        let left: Vec<String> = std::fs::read_dir(fx.dest().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".stretcher"))
+            .collect();
+        assert!(left.is_empty(), "left beside dest: {left:?}");
+        (log, tree(&fx.dest()), fx)
+    };
+    let plain = app_tar();
+    let (log, renamed, _fx) = deploy("native", "", &plain);
+    assert!(log.contains("moved the extracted tree into place"), "{log}");
+    let (log, placed, _fx) = deploy("native", never, &plain);
+    assert!(log.contains("native sync: "), "{log}");
+    let (log, by_rsync, _fx) = deploy("rsync", never, &plain);
+    assert!(log.contains("rsync ["), "{log}");
+    assert_eq!(renamed, by_rsync);
+    assert_eq!(placed, by_rsync);
+
+    let linked = tar(&[
+        Member::File("a.txt", b"shared bytes\n", 0o640),
+        Member::HardLink("b.txt", "a.txt"),
+    ]);
+    let (log, native, fx) = deploy("native", "", &linked);
+    assert!(!log.contains("moved the extracted tree"), "{log}");
+    assert!(log.contains("native sync: 2 written"), "{log}");
+    let (_, by_rsync, _rsync_fx) = deploy("rsync", never, &linked);
+    assert_eq!(native, by_rsync);
+    let nlink = std::fs::metadata(fx.dest().join("b.txt")).unwrap().nlink();
+    assert_eq!(nlink, 1, "copies, as rsync -a makes");
 }

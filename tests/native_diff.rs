@@ -564,58 +564,95 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
     cp_a(&base, &with_native);
     let by_rsync = place("rsync", &tar2_path, &with_rsync, &settings, dest_mode);
     let by_native = place("native", &tar2_path, &with_native, &settings, dest_mode);
-    let describe = || {
-        format!(
-            "seed {seed}, excludes {:?} from {:?}",
-            settings.excludes, settings.exclude_from
-        )
+    let describe = format!(
+        "seed {seed}, excludes {:?} from {:?}",
+        settings.excludes, settings.exclude_from
+    );
+    let excluding = !(settings.excludes.is_empty() && settings.exclude_from.is_empty());
+    let outcome = Outcome {
+        by_rsync,
+        by_native,
+        with_rsync,
+        with_native,
+        excluding,
     };
-    match (&by_rsync, &by_native) {
-        (Err(_), Err(_)) => {}
-        // Native never reads excluded members: a hard link among them whose
-        // target a decoy took away is no error for it.
-        (Err(e), Ok(()))
-            if e.contains("hard link")
-                && !(settings.excludes.is_empty() && settings.exclude_from.is_empty()) => {}
-        (Ok(()), Ok(())) => {
-            let a = snapshot(&with_rsync, &explicit);
-            let b = snapshot(&with_native, &explicit);
-            if a != b {
-                let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-                let diffs: Vec<String> = keys
-                    .into_iter()
-                    .filter(|k| a.get(*k) != b.get(*k))
-                    .map(|k| {
-                        format!(
-                            "  {k:?}\n    rsync:  {:?}\n    native: {:?}",
-                            a.get(k),
-                            b.get(k)
-                        )
-                    })
-                    .collect();
-                return Err(format!(
-                    "{}: dests differ\n{}",
-                    describe(),
-                    diffs.join("\n")
-                ));
-            }
-            if let Some(temp) = leftover_temp(&with_native) {
-                return Err(format!("{}: temp name left behind: {temp}", describe()));
-            }
-        }
-        _ => {
-            return Err(format!(
-                "{}: rsync {:?}, native {:?}",
-                describe(),
-                by_rsync,
-                by_native
-            ))
-        }
-    }
+    outcome.compare(&explicit, &describe)?;
+
+    // A first deploy into a missing dest: native renames its extraction
+    // into place unless something is excluded or hard-linked; rsync is
+    // made to copy (a pattern that matches nothing keeps it from renaming).
+    let (with_rsync, with_native) = (dir.join("fresh-rsync"), dir.join("fresh-native"));
+    let mut never = settings.clone();
+    never.excludes.push("never\u{1}matches".into());
+    let by_rsync = place("rsync", &tar2_path, &with_rsync, &never, dest_mode);
+    let by_native = place("native", &tar2_path, &with_native, &settings, dest_mode);
+    let outcome = Outcome {
+        by_rsync,
+        by_native,
+        with_rsync,
+        with_native,
+        excluding,
+    };
+    outcome.compare(&explicit, &format!("{describe}, into a missing dest"))?;
     if std::env::var_os("DIFF_KEEP").is_none() {
         crate_remove(&dir);
     }
     Ok(())
+}
+
+/// Both strategies' results on one case.
+struct Outcome {
+    by_rsync: Result<(), String>,
+    by_native: Result<(), String>,
+    with_rsync: std::path::PathBuf,
+    with_native: std::path::PathBuf,
+    /// Whether anything was excluded.
+    excluding: bool,
+}
+
+impl Outcome {
+    /// `Err` describes how native's result differs from rsync's.
+    fn compare(&self, explicit: &BTreeSet<String>, describe: &str) -> Result<(), String> {
+        match (&self.by_rsync, &self.by_native) {
+            (Err(_), Err(_)) => Ok(()),
+            // Native never reads excluded members: a hard link among them
+            // whose target a decoy took away is no error for it.
+            (Err(e), Ok(())) if e.contains("hard link") && self.excluding => Ok(()),
+            (Ok(()), Ok(())) => {
+                let a = snapshot(&self.with_rsync, explicit);
+                let b = snapshot(&self.with_native, explicit);
+                if a != b {
+                    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                    let diffs: Vec<String> = keys
+                        .into_iter()
+                        .filter(|k| a.get(*k) != b.get(*k))
+                        .map(|k| {
+                            format!(
+                                "  {k:?}\n    rsync:  {:?}\n    native: {:?}",
+                                a.get(k),
+                                b.get(k)
+                            )
+                        })
+                        .collect();
+                    return Err(format!("{describe}: dests differ\n{}", diffs.join("\n")));
+                }
+                if let Some(temp) = leftover_temp(&self.with_native) {
+                    return Err(format!("{describe}: temp name left behind: {temp}"));
+                }
+                let beside = self.with_native.parent().map(std::fs::read_dir);
+                let scratch = beside.into_iter().flatten().flatten().flatten().find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".stretcher_src")
+                });
+                match scratch {
+                    Some(e) => Err(format!("{describe}: left {:?}", e.path())),
+                    None => Ok(()),
+                }
+            }
+            (rsync, native) => Err(format!("{describe}: rsync {rsync:?}, native {native:?}")),
+        }
+    }
 }
 
 fn leftover_temp(dir: &Path) -> Option<String> {

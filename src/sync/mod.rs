@@ -10,7 +10,7 @@ mod mv;
 mod native;
 mod rsync;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -98,6 +98,12 @@ pub fn from_name(name: &str, settings: Settings) -> Result<Box<dyn Strategy>> {
 /// from.
 fn extract_to_scratch(job: &Job<'_>) -> Result<ScratchDir, Failure> {
     let dir = ScratchDir::new("stretcher_src").at(Step::Extract)?;
+    extract_into(job, dir)
+}
+
+/// Extracts the job's archive into the empty dir `dir` and gives its root
+/// `dest_mode`.
+fn extract_into(job: &Job<'_>, dir: ScratchDir) -> Result<ScratchDir, Failure> {
     log::info!(
         "Extract archive: {} to {}",
         job.archive.display(),
@@ -111,4 +117,52 @@ fn extract_to_scratch(job: &Job<'_>) -> Result<ScratchDir, Failure> {
         .with_context(|| format!("chmod {}", dir.path().display()))
         .at(Step::Extract)?;
     Ok(dir)
+}
+
+/// Into a dest that does not exist or is an empty directory, `rsync -a
+/// --delete` produces exactly the extracted tree `from` (modes, owners,
+/// mtimes, the root included), so renaming the tree into place gives the
+/// same result without copying every file: a fresh host's first deploy.
+/// Not when the tree has hard links (rsync -a without -H copies them
+/// apart). A rename that fails (another filesystem, a mount point, a dest
+/// that just got files) leaves everything as it was. Whether it renamed.
+fn rename_into_empty_dest(from: &Path, to: &Path) -> bool {
+    if !empty_or_missing(to) || has_hard_links(from) {
+        return false;
+    }
+    let moved = std::fs::rename(from, to).is_ok();
+    if moved {
+        log::info!(
+            "dest {} is empty: moved the extracted tree into place (what rsync would copy)",
+            to.display()
+        );
+    }
+    moved
+}
+
+/// Whether `dir` does not exist or is an empty directory.
+fn empty_or_missing(dir: &Path) -> bool {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(meta) => meta.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()),
+    }
+}
+
+/// Whether any regular file under `dir` has more than one link.
+fn has_hard_links(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return true; // unsure: treat it as having them
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() && m.nlink() > 1 => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+    false
 }

@@ -27,8 +27,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use filetime::FileTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Excludes, Job, Leftovers, Settings, Strategy};
+use super::{
+    empty_or_missing, extract_into, rename_into_empty_dest, Excludes, Job, Leftovers, Settings,
+    Strategy,
+};
 use crate::archive::{self, Budget, Data, Kind, Member, Sink};
+use crate::scratch::ScratchDir;
 use crate::step::{interrupted, AtStep, Failure, Step};
 
 /// The in-process strategy.
@@ -56,6 +60,13 @@ impl Strategy for Native {
                 .add_file(&self.exclude_from, &text)
                 .at(Step::Validate)?;
         }
+        if self.excludes.is_empty() && self.exclude_from.is_empty() && empty_or_missing(job.dest) {
+            if let Some(tree) = extract_beside(job)? {
+                if rename_into_empty_dest(tree.path(), job.dest) {
+                    return Ok(Leftovers::none());
+                }
+            }
+        }
         log::info!(
             "Sync archive {} into {} (native)",
             job.archive.display(),
@@ -80,6 +91,24 @@ impl Strategy for Native {
         placed.with_context(|| job.src.to_string()).at(Step::Sync)?;
         Ok(Leftovers::none())
     }
+}
+
+/// For a first deploy: the archive extracted into a private dir beside
+/// `dest` (same filesystem, so it can be renamed into place), or `None`
+/// when dest's parent takes no new dir (then files are placed one by one).
+fn extract_beside(job: &Job<'_>) -> Result<Option<ScratchDir>, Failure> {
+    let parent = match job.dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(dir) = ScratchDir::new_in(parent, ".stretcher_src") else {
+        return Ok(None);
+    };
+    let tree = extract_into(job, dir).map_err(|f| Failure {
+        step: Step::Sync,
+        ..f
+    })?;
+    Ok(Some(tree))
 }
 
 /// Creates `dest` (its parent must exist, as with rsync) unless it is
@@ -558,6 +587,11 @@ impl<'a> Placer<'a> {
         if fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir()) {
             let below = paths_below(rel, path);
             self.forget_dir(rel, below);
+            // What it holds stays until the end, unseen: the delete pass
+            // must look in the directories above it.
+            for dir in rel.ancestors() {
+                self.fresh.remove(dir);
+            }
         }
         self.dirs.remove(rel);
         self.made.remove(rel);

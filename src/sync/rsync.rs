@@ -2,9 +2,7 @@
 //! its output logged as one block when it exits, as upstream does (with
 //! `-v` that is a line per file: one log write instead of thousands).
 
-use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +10,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::{extract_to_scratch, Job, Leftovers, Settings, Strategy};
+use super::{extract_to_scratch, rename_into_empty_dest, Job, Leftovers, Settings, Strategy};
 use crate::step::{AtStep, Failure, Step};
 
 /// How often a running rsync is checked for exit or a signal.
@@ -43,53 +41,14 @@ impl Rsync {
 }
 
 impl Rsync {
-    /// Into a dest that does not exist or is an empty directory, `rsync -a
-    /// --delete` produces exactly the extracted tree (modes, owners, mtimes,
-    /// the root included), so renaming the tree into place gives the same
-    /// result without copying every file: a fresh host's first deploy. Only
-    /// when nothing is excluded (excluded files must not arrive) and the tree
-    /// has no hard links (rsync -a without -H copies them apart). A rename
-    /// that fails (another filesystem, a mount point, a dest that just got
-    /// files) leaves everything as it was, and rsync runs.
+    /// The first deploy into an empty dest renames the extracted tree
+    /// into place ([`rename_into_empty_dest`]) unless something is excluded
+    /// (excluded files must not arrive).
     fn move_into_empty_dest(&self, from: &Path, to: &Path) -> bool {
-        if !self.0.excludes.is_empty() || !self.0.exclude_from.is_empty() {
-            return false;
-        }
-        let empty_or_missing = match fs::symlink_metadata(to) {
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            Ok(meta) => meta.is_dir() && fs::read_dir(to).is_ok_and(|mut d| d.next().is_none()),
-        };
-        if !empty_or_missing || has_hard_links(from) {
-            return false;
-        }
-        let moved = fs::rename(from, to).is_ok();
-        if moved {
-            log::info!(
-                "dest {} is empty: moved the extracted tree into place (what rsync would copy)",
-                to.display()
-            );
-        }
-        moved
+        self.0.excludes.is_empty()
+            && self.0.exclude_from.is_empty()
+            && rename_into_empty_dest(from, to)
     }
-}
-
-/// Whether any regular file under `dir` has more than one link.
-fn has_hard_links(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            return true; // unsure: let rsync handle it
-        };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) if m.is_file() && m.nlink() > 1 => return true,
-                Ok(_) => {}
-                Err(_) => return true,
-            }
-        }
-    }
-    false
 }
 
 fn with_slash(p: &Path) -> String {
