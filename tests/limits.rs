@@ -133,3 +133,51 @@ fn fifos_and_devices_are_skipped_as_root_and_not() {
         fx.assert_no_temp_files();
     }
 }
+
+/// Unmounts a test's tmpfs, also when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Without `--max-extract-size`, the limit is the free space of the
+/// filesystem the archive is extracted on: a 16 MiB TMPDIR stops a 20 MiB
+/// archive with a message naming it, as root and as a deploy user.
+#[test]
+fn the_default_limit_is_the_free_space_where_the_archive_is_extracted() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    for unprivileged in [false, true] {
+        let fx = Fixture::new();
+        let url = bomb(&fx);
+        let tmp = fx.path("tmp");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m,mode=1777", "tmpfs"])
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", tmp.display());
+        let _guard = Mounted(tmp.clone());
+        let run = match unprivileged {
+            true => fx.run_unprivileged(&url, &[], &[]),
+            false => fx.run(&url, &[], &[]),
+        };
+        let log = run.failed();
+        let want = format!(
+            "free on {} (--max-extract-size): stopped at zeros.bin",
+            tmp.display()
+        );
+        assert!(
+            log.contains("archive expands past the ") && log.contains(&want),
+            "{log}"
+        );
+        assert_eq!(dest_names(&fx), ["keep.txt"]);
+        assert!(fx.path("failure-ran").exists(), "failure hooks did not run");
+        fx.assert_no_temp_files();
+    }
+}
