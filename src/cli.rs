@@ -125,6 +125,10 @@ struct Args {
 pub enum Subcommand {
     /// Show the last run (from --report-file) and the last deploy to each dest (from --state-dir)
     Status(StatusArgs),
+    /// List the releases of a `sync_strategy: release` dest, newest first, the live one marked
+    Releases(ReleasesArgs),
+    /// Point a `sync_strategy: release` dest at the previous (or a named) release, running nothing else
+    Rollback(RollbackArgs),
     /// Print a completion script for SHELL on stdout
     Completions {
         /// The shell to complete for
@@ -148,6 +152,37 @@ pub struct StatusArgs {
     /// Print one JSON object for scripts
     #[arg(long)]
     pub json: bool,
+}
+
+/// `stretcher releases`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReleasesArgs {
+    /// The manifest's dest (the symlink)
+    #[arg(long, value_name = "DEST")]
+    pub dest: PathBuf,
+    /// Print one JSON object for scripts
+    #[arg(long)]
+    pub json: bool,
+    /// Give up waiting for a deploy to the same dest after this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
+}
+
+/// `stretcher rollback`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RollbackArgs {
+    /// The manifest's dest (the symlink)
+    #[arg(long, value_name = "DEST")]
+    pub dest: PathBuf,
+    /// The release to switch to (a name from `stretcher releases`) [default: the one before the live one]
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
+    /// The agent's --state-dir: records the rollback, so an event for the release rolled back from does not deploy it again without --force
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Give up waiting for a deploy to the same dest after this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
 }
 
 /// What the agent was asked to do, with every value already parsed.

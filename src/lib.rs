@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod progress;
 pub mod query;
+pub mod releases;
 pub mod report;
 pub mod scratch;
 pub mod signature;
@@ -163,7 +164,14 @@ async fn run_logged(
         abort: &signals.abort,
         quiet: how.is_serf_query(),
     };
-    let result = deploy(&manifest, config, &hooks, cancel, facts).await;
+    let refused = match (&state, config.force) {
+        (Some(state), false) => not_rolled_back(state, &manifest).err(),
+        _ => None,
+    };
+    let result = match refused {
+        Some(failure) => Err(failure),
+        None => deploy(&manifest, config, &hooks, cancel, facts).await,
+    };
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
@@ -191,6 +199,28 @@ async fn run_logged(
     })
 }
 
+/// After `stretcher rollback`, the archive rolled back from is not deployed
+/// to that dest again by a replayed or repeated event: only with `--force`
+/// (or after another archive was deployed there).
+fn not_rolled_back(state: &StateDir, m: &Manifest) -> Result<(), Failure> {
+    let record = state.dest_record(&m.dest).at(Step::Validate)?;
+    let Some(rb) = record.and_then(|r| r.rolled_back) else {
+        return Ok(());
+    };
+    if m.src.is_empty() || !rb.is_of(&m.checksum) {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "dest {} was rolled back from release {} to {} at {} (stretcher rollback): \
+         not deploying that archive again; use --force to deploy it anyway",
+        m.dest,
+        rb.from,
+        rb.to,
+        rb.at
+    ))
+    .at(Step::Validate)
+}
+
 fn record(state: &StateDir, event: &Event, m: &Manifest, signed_at: Option<u64>) -> Result<()> {
     let entry = state::DestRecord {
         manifest: event.url.clone(),
@@ -198,6 +228,7 @@ fn record(state: &StateDir, event: &Event, m: &Manifest, signed_at: Option<u64>)
         event: event.source.as_ref().map(|s| s.label()),
         deployed_at: chrono::Utc::now().to_rfc3339(),
         signed_at,
+        rolled_back: None,
     };
     state.record(event.source.as_ref(), &m.dest, entry)
 }
@@ -268,14 +299,23 @@ async fn deploy(
             excludes: m.excludes.clone(),
             exclude_from: m.exclude_from.clone(),
             rsync_verbose: config.rsync_verbose.clone(),
+            keep_releases: m.keep_releases,
         },
     )
     .at(Step::Validate)?;
     digest::Verifier::new(&m.checksum).at(Step::Validate)?;
+    strategy.check(Path::new(&m.dest)).at(Step::Validate)?;
 
-    let _lock = cancellable(cancel, lock::acquire(&m.dest, config.lock_timeout))
-        .await
-        .at(Step::Lock)?;
+    // A release deploy replaces the `dest` symlink and prunes beside it:
+    // it locks the directory that holds them.
+    let switched = m.sync_strategy == "release";
+    let lock = async {
+        match switched {
+            true => lock::acquire_switched(&m.dest, config.lock_timeout).await,
+            false => lock::acquire(&m.dest, config.lock_timeout).await,
+        }
+    };
+    let _lock = cancellable(cancel, lock).await.at(Step::Lock)?;
 
     let options = fetch::Options {
         max_bandwidth: config.max_bandwidth,
@@ -291,9 +331,10 @@ async fn deploy(
     hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
     interrupted(cancel).at(Step::Pre)?;
 
-    let (archive, src, dest) = (
+    let (archive, src, checksum, dest) = (
         download.path().to_path_buf(),
         m.src.clone(),
+        m.checksum.clone(),
         Path::new(&m.dest).to_path_buf(),
     );
     let (dest_mode, max_size, stop) = (m.dest_mode(), config.max_extract_size, cancel.clone());
@@ -302,6 +343,7 @@ async fn deploy(
         let job = sync::Job {
             archive: &archive,
             src: &src,
+            checksum: &checksum,
             dest: &dest,
             dest_mode,
             max_size,
@@ -309,15 +351,18 @@ async fn deploy(
         };
         Ok(strategy.place(&job))
     });
-    let _leftovers = placed.await.at(Step::Sync)??;
+    let leftovers = placed.await.at(Step::Sync)??;
     drop(shown);
     drop(download);
+    let mut env = hooks.env.clone();
+    if let Some(dir) = leftovers.release_dir() {
+        facts.release = Some(dir.display().to_string());
+        env.push(("STRETCHER_RELEASE_DIR", dir.display().to_string()));
+    }
     interrupted(cancel).at(Step::Sync)?;
 
-    hooks
-        .run(Phase::Post, &m.commands.post)
-        .await
-        .at(Step::Post)
+    let post = Hooks { env, ..*hooks };
+    post.run(Phase::Post, &m.commands.post).await.at(Step::Post)
 }
 
 /// Runs blocking file work off the async workers.

@@ -9,6 +9,10 @@
 //!   new tree into place): an exclusive lock on its nearest existing
 //!   ancestor, which also waits out every run below that directory.
 //!
+//! - `dest` is a symlink a release deploy switches (`sync_strategy:
+//!   release`, `stretcher rollback`): an exclusive lock on the directory
+//!   that holds it and its `releases/`, resolved without following `dest`.
+//!
 //! Every run also takes shared locks on all existing ancestors above those,
 //! so a run whose dest's parents were created after a first deploy locked
 //! a higher ancestor still waits for it, and a run never locks a `dest`
@@ -33,14 +37,34 @@ pub struct DestLock {
 /// Takes the lock for `dest`, waiting at most `timeout` (forever if `None`).
 /// Cancel-safe: dropping the future stops the wait.
 pub async fn acquire(dest: &str, timeout: Option<Duration>) -> Result<DestLock> {
+    acquire_for(dest, false, timeout).await
+}
+
+/// Takes the lock for a `dest` symlink that release deploys switch and
+/// prune beside (see the module docs), waiting at most `timeout`.
+pub async fn acquire_switched(dest: &str, timeout: Option<Duration>) -> Result<DestLock> {
+    acquire_for(dest, true, timeout).await
+}
+
+async fn acquire_for(dest: &str, switched: bool, timeout: Option<Duration>) -> Result<DestLock> {
     let shown = Path::new(dest.trim_end_matches('/'));
     let started = Instant::now();
     let mut logged = false;
     loop {
         // Resolved every round: a run ahead of us may create dest or the
         // directories above it.
-        let dest = resolve(shown);
-        match try_acquire(&dest) {
+        let dest = match (switched, shown.parent(), shown.file_name()) {
+            (true, Some(parent), Some(name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                resolve(parent).join(name)
+            }
+            _ => resolve(shown),
+        };
+        match try_acquire(&dest, switched) {
             Attempt::Held(lock) => return Ok(lock),
             Attempt::Unlockable(why) => {
                 log::info!(
@@ -81,7 +105,9 @@ enum Attempt {
 /// Takes shared locks on every existing ancestor above the nearest one, so
 /// a run that holds any of them exclusively (a first deploy that found only
 /// that ancestor) is waited for, then the lock this dest needs.
-fn try_acquire(dest: &Path) -> Attempt {
+/// With `switched`, `dest` is treated as missing: its parent is locked
+/// exclusively.
+fn try_acquire(dest: &Path, switched: bool) -> Attempt {
     let mut ancestors: Vec<&Path> = dest.ancestors().skip(1).filter(|p| p.is_dir()).collect();
     ancestors.reverse();
     let Some(nearest) = ancestors.pop() else {
@@ -97,7 +123,7 @@ fn try_acquire(dest: &Path) -> Attempt {
             held.push(file);
         }
     }
-    let populated = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some());
+    let populated = !switched && std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some());
     match (File::open(nearest), populated) {
         (Ok(parent), true) => {
             if !locked(parent.try_lock_shared()) {

@@ -73,6 +73,11 @@ fn subcommand(sub: Subcommand) -> ExitCode {
             args.json,
         )
         .map(String::into_bytes),
+        Subcommand::Releases(args) => with_lock(&args.dest, args.lock_timeout, || {
+            stretcher::releases::show(&args.dest, args.json)
+        })
+        .map(String::into_bytes),
+        Subcommand::Rollback(args) => rollback(&args).map(|()| Vec::new()),
         Subcommand::Completions { shell } => Ok(cli::completions(shell)),
         Subcommand::Man => cli::man_page().map_err(Into::into),
     };
@@ -84,6 +89,33 @@ fn subcommand(sub: Subcommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `stretcher rollback`, logging what it switched as the agent logs.
+fn rollback(args: &cli::RollbackArgs) -> anyhow::Result<()> {
+    stretcher::log::init(false);
+    with_lock(&args.dest, args.lock_timeout, || {
+        let state = args
+            .state_dir
+            .as_deref()
+            .map(stretcher::state::StateDir::open)
+            .transpose()?;
+        stretcher::releases::rollback(&args.dest, args.to.as_deref(), state.as_ref())
+    })
+}
+
+/// Runs `f` holding the lock deploys to `dest` take.
+fn with_lock<T>(
+    dest: &std::path::Path,
+    timeout: Option<std::time::Duration>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let dest = dest.to_string_lossy();
+    let _lock = runtime.block_on(stretcher::lock::acquire_switched(&dest, timeout))?;
+    f()
 }
 
 /// A file size limit (`ulimit -f`, RLIMIT_FSIZE) is a full disk in

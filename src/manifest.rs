@@ -26,7 +26,7 @@ pub struct Manifest {
     /// Mode of the deployed tree's root.
     #[serde(deserialize_with = "file_mode")]
     pub dest_mode: Option<u32>,
-    /// `rsync` (default, also when empty) or `mv`.
+    /// `rsync` (default, also when empty), `mv`, `native` or `release`.
     #[serde(deserialize_with = "scalar")]
     pub sync_strategy: String,
     /// rsync `--exclude` patterns, in order.
@@ -35,6 +35,8 @@ pub struct Manifest {
     /// rsync `--exclude-from` file, a path inside the archive.
     #[serde(deserialize_with = "scalar")]
     pub exclude_from: String,
+    /// `sync_strategy: release`: how many releases to keep (default 5).
+    pub keep_releases: Option<u64>,
     /// Hook command lines.
     #[serde(deserialize_with = "commands")]
     pub commands: Commands,

@@ -139,6 +139,32 @@ pub struct DestRecord {
     /// Absent from files written before signatures were checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
+    /// Set by `stretcher rollback`, cleared by the next deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// A rollback of a release-managed dest (SPEC 8.2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The release rolled back from (its name ends with the first 8 of
+    /// its archive's checksum).
+    pub from: String,
+    /// The release now live.
+    pub to: String,
+    /// RFC 3339 time of the rollback.
+    pub at: String,
+}
+
+impl RolledBack {
+    /// Whether the archive with `checksum` is the one rolled back from.
+    pub fn is_of(&self, checksum: &str) -> bool {
+        let sum = self.from.get(15..23).unwrap_or_default();
+        sum.len() == 8
+            && checksum
+                .get(..8)
+                .is_some_and(|c| c.eq_ignore_ascii_case(sum))
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -238,6 +264,34 @@ impl StateDir {
         if !dest.is_empty() {
             state.dests.insert(dest.to_string(), record);
         }
+        let data = serde_json::to_vec_pretty(&state)?;
+        write_atomic(&self.dir.join(FILE), &data, 0o600)
+    }
+}
+
+impl StateDir {
+    /// The state dir's path.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records a rollback of `dest` from release `from` to `to`, keeping
+    /// the rest of its record.
+    pub fn record_rollback(&self, dest: &str, from: &str, to: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut state = self.load()?;
+        // The manifest's spelling of dest, with or without a trailing `/`.
+        let same = |k: &String| k.trim_end_matches('/') == dest.trim_end_matches('/');
+        let key = state.dests.keys().find(|k| same(k)).cloned();
+        let record = state
+            .dests
+            .entry(key.unwrap_or_else(|| dest.to_string()))
+            .or_default();
+        record.rolled_back = Some(RolledBack {
+            from: from.to_string(),
+            to: to.to_string(),
+            at: chrono::Utc::now().to_rfc3339(),
+        });
         let data = serde_json::to_vec_pretty(&state)?;
         write_atomic(&self.dir.join(FILE), &data, 0o600)
     }

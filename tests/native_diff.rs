@@ -474,6 +474,7 @@ fn place(
     let job = Job {
         archive,
         src: "file:///case.tar",
+        checksum: "00000000",
         dest,
         dest_mode,
         max_size: MaxSize::Unlimited,

@@ -1,13 +1,15 @@
 //! Placing a verified archive into `dest`: one strategy per file behind one
 //! trait, chosen by the manifest's `sync_strategy`. `rsync` and `mv`
 //! extract into a private temp dir first, then move that tree; `native`
-//! streams the archive into `dest` itself. Every strategy reads members
+//! streams the archive into `dest` itself; `release` streams it into a new
+//! release dir and switches the `dest` symlink to it. Every strategy reads members
 //! through [`crate::archive`], so the extraction safety rules live in one
 //! place.
 
 mod excludes;
 mod mv;
 mod native;
+mod release;
 mod rsync;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,6 +25,7 @@ use crate::step::{interrupted, AtStep, Failure, Step};
 pub use excludes::Excludes;
 pub use mv::Mv;
 pub use native::Native;
+pub use release::{Placed, Release, DEFAULT_KEEP};
 pub use rsync::Rsync;
 
 /// A verified archive and where it goes.
@@ -31,6 +34,8 @@ pub struct Job<'a> {
     pub archive: &'a Path,
     /// Its source URL, for messages.
     pub src: &'a str,
+    /// Its checksum (hex), which names a release.
+    pub checksum: &'a str,
     /// The manifest's `dest`.
     pub dest: &'a Path,
     /// The manifest's `dest_mode`, for dest's root.
@@ -43,16 +48,25 @@ pub struct Job<'a> {
 
 /// Makes `dest` hold exactly the archive's tree.
 pub trait Strategy: Send + Sync {
+    /// Refuses a `dest` the strategy cannot deploy into, before anything
+    /// is downloaded.
+    fn check(&self, _dest: &Path) -> Result<()> {
+        Ok(())
+    }
+
     /// Places the job's archive into its dest. Blocking; stops early (with
     /// an error) when the job's `cancel` fires.
     fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure>;
 }
 
-/// What a strategy leaves to remove once the `post` hooks have run (its
-/// extraction dir), so the hooks do not wait for it. Removed on drop.
+/// What a strategy leaves to finish once the `post` hooks have run, so the
+/// hooks do not wait for it; done on drop. For `rsync` and `mv`, their
+/// extraction dir, removed then; for `release`, the new release, whose old
+/// siblings are pruned then.
 #[must_use]
 pub struct Leftovers {
     _extraction_dir: Option<ScratchDir>,
+    release: Option<Placed>,
 }
 
 impl Leftovers {
@@ -60,6 +74,15 @@ impl Leftovers {
     fn dir(dir: ScratchDir) -> Self {
         Leftovers {
             _extraction_dir: Some(dir),
+            release: None,
+        }
+    }
+
+    /// A release made live, to prune beside later.
+    fn release(placed: Placed) -> Self {
+        Leftovers {
+            _extraction_dir: None,
+            release: Some(placed),
         }
     }
 
@@ -67,7 +90,13 @@ impl Leftovers {
     pub fn none() -> Self {
         Leftovers {
             _extraction_dir: None,
+            release: None,
         }
+    }
+
+    /// The release dir this deploy made live (`release` only).
+    pub fn release_dir(&self) -> Option<&Path> {
+        self.release.as_ref().map(Placed::dir)
     }
 }
 
@@ -80,15 +109,21 @@ pub struct Settings {
     pub exclude_from: String,
     /// rsync verbosity argument; empty adds none.
     pub rsync_verbose: String,
+    /// `release`: how many releases to keep (`None`: the default).
+    pub keep_releases: Option<u64>,
 }
 
 /// Picks the strategy named in the manifest (`""` is rsync). Settings a
 /// strategy cannot honour exactly are refused here, before any download.
 pub fn from_name(name: &str, settings: Settings) -> Result<Box<dyn Strategy>> {
+    if settings.keep_releases.is_some() && name != "release" {
+        bail!("keep_releases is only used with sync_strategy: release");
+    }
     match name {
         "" | "rsync" => Ok(Box::new(Rsync(settings))),
         "mv" => Ok(Box::new(Mv)),
         "native" => Ok(Box::new(Native::new(settings)?)),
+        "release" => Ok(Box::new(Release::new(settings)?)),
         _ => bail!("invalid strategy name: {name}"),
     }
 }

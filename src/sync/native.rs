@@ -51,8 +51,10 @@ impl Native {
     }
 }
 
-impl Strategy for Native {
-    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
+impl Native {
+    /// The manifest's excludes with `exclude_from`'s patterns added (read
+    /// from the archive, as rsync reads them from the extracted tree).
+    pub(super) fn excludes_for(&self, job: &Job<'_>) -> Result<Excludes, Failure> {
         let mut excludes = self.excludes.clone();
         if !self.exclude_from.is_empty() {
             let text = read_member(job, &self.exclude_from).at(Step::Extract)?;
@@ -60,7 +62,14 @@ impl Strategy for Native {
                 .add_file(&self.exclude_from, &text)
                 .at(Step::Validate)?;
         }
-        if self.excludes.is_empty() && self.exclude_from.is_empty() && empty_or_missing(job.dest) {
+        Ok(excludes)
+    }
+}
+
+impl Strategy for Native {
+    fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
+        let excludes = self.excludes_for(job)?;
+        if excludes.is_empty() && empty_or_missing(job.dest) {
             if let Some(tree) = extract_beside(job)? {
                 if rename_into_empty_dest(tree.path(), job.dest) {
                     return Ok(Leftovers::none());
@@ -72,25 +81,39 @@ impl Strategy for Native {
             job.archive.display(),
             job.dest.display()
         );
-        let placed = (|| {
-            // The free space that bounds the default size limit is dest's,
-            // or its parent's while dest does not exist yet.
-            let on = match job.dest.exists() {
-                true => job.dest,
-                false => job.dest.parent().unwrap_or(job.dest),
-            };
-            let budget = Budget::new(job.max_size, on)?;
-            let mut placer = Placer::new(job.dest, excludes, budget)?;
-            archive::apply(job.archive, &mut placer, job.cancel)?;
-            placer.place_deferred()?;
-            if !placer.pending.is_empty() {
-                placer.place_pending(job)?;
-            }
-            placer.finish(job.dest_mode, job.cancel)
-        })();
-        placed.with_context(|| job.src.to_string()).at(Step::Sync)?;
+        stream(job, job.dest, excludes, None)
+            .with_context(|| job.src.to_string())
+            .at(Step::Sync)?;
         Ok(Leftovers::none())
     }
+}
+
+/// Streams the job's archive into `dest` (made when missing), leaving it
+/// exactly as `rsync -a --delete` would. With `link_from` (a tree from an
+/// earlier deploy, for a `dest` this run made), a file the archive has
+/// unchanged there, with the same size, mtime, mode and owner, is hard
+/// linked from it instead of written (`rsync --link-dest`).
+pub(super) fn stream(
+    job: &Job<'_>,
+    dest: &Path,
+    excludes: Excludes,
+    link_from: Option<&Path>,
+) -> Result<()> {
+    // The free space that bounds the default size limit is dest's, or its
+    // parent's while dest does not exist yet.
+    let on = match dest.exists() {
+        true => dest,
+        false => dest.parent().unwrap_or(dest),
+    };
+    let budget = Budget::new(job.max_size, on)?;
+    let mut placer = Placer::new(dest, excludes, budget)?;
+    placer.link_from = link_from;
+    archive::apply(job.archive, &mut placer, job.cancel)?;
+    placer.place_deferred()?;
+    if !placer.pending.is_empty() {
+        placer.place_pending(job)?;
+    }
+    placer.finish(job.dest_mode, job.cancel)
 }
 
 /// For a first deploy: the archive extracted into a private dir beside
@@ -179,6 +202,8 @@ struct Counts {
     written: u64,
     unchanged: u64,
     deleted: u64,
+    /// Hard linked from `link_from`.
+    linked: u64,
 }
 
 /// Places members into `dest`.
@@ -226,6 +251,8 @@ struct Placer<'a> {
     /// Whether dest exists (it is made on the first member, so an archive
     /// that is not a tar leaves no dest behind).
     dest_ready: bool,
+    /// Where unchanged files may be hard linked from (see [`stream`]).
+    link_from: Option<&'a Path>,
     counts: Counts,
 }
 
@@ -374,6 +401,7 @@ impl<'a> Placer<'a> {
             symlinks: HashSet::new(),
             deferred: BTreeMap::new(),
             dest_ready: false,
+            link_from: None,
             counts: Counts::default(),
         })
     }
@@ -491,6 +519,9 @@ impl<'a> Placer<'a> {
             Check::Differs(want) => (want, false),
             Check::Vacant(want) => (want, true),
         };
+        if vacant && self.link(rel, path, size, &want) {
+            return Ok(());
+        }
         self.budget.charge(m.size, &m.name)?;
         self.replace_with_file(rel, path, &want, vacant, |file| data.write_to(m, file))
     }
@@ -673,6 +704,30 @@ impl<'a> Placer<'a> {
             name: m.name.clone(),
         };
         self.pending.insert(rel.to_path_buf(), link);
+    }
+
+    /// Hard links `path` to the same file in `link_from` when that one is
+    /// a regular file with exactly the wanted size, mtime, mode and owner,
+    /// and ours (a file of another user is never shared). Whether it did;
+    /// a link that fails (another filesystem, too many links) is written.
+    fn link(&mut self, rel: &Path, path: &Path, size: u64, want: &Wanted) -> bool {
+        let Some(from) = self.link_from.map(|dir| dir.join(rel)) else {
+            return false;
+        };
+        let Ok(meta) = fs::symlink_metadata(&from) else {
+            return false;
+        };
+        let same = meta.is_file()
+            && meta.len() == size
+            && FileTime::from_last_modification_time(&meta) == want.mtime
+            && meta.mode() & 0o7777 == want.mode
+            && !want.owner.differs(&meta)
+            && want.owner.uid.unwrap_or(self.ids.0) == meta.uid();
+        if same && fs::hard_link(&from, path).is_ok() {
+            self.counts.linked += 1;
+            return true;
+        }
+        false
     }
 
     /// rsync's quick check, against what dest held before this run: a
@@ -923,12 +978,20 @@ impl<'a> Placer<'a> {
             }
         }
         let c = &self.counts;
-        log::info!(
-            "native sync: {} written, {} unchanged, {} deleted",
-            c.written,
-            c.unchanged,
-            c.deleted
-        );
+        if self.link_from.is_some() {
+            log::info!(
+                "release: {} written, {} hard linked from the live release",
+                c.written,
+                c.linked
+            );
+        } else {
+            log::info!(
+                "native sync: {} written, {} unchanged, {} deleted",
+                c.written,
+                c.unchanged,
+                c.deleted
+            );
+        }
         Ok(())
     }
 

@@ -255,6 +255,7 @@ mod tests {
             excludes: vec!["*.pid".into(), "tmp/".into()],
             exclude_from: "exclude.list".into(),
             rsync_verbose: "-vv".into(),
+            keep_releases: None,
         });
         assert_eq!(
             r.args(Path::new("/tmp/x"), Path::new("/srv/app")),

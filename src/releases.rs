@@ -1,0 +1,402 @@
+//! The release dirs of `sync_strategy: release` (SPEC 8.2): `dest` is a
+//! symlink to `releases/<name>` beside it. This module names, lists,
+//! switches and prunes them, and runs `stretcher releases` and `stretcher
+//! rollback`. Only names this agent gives (`<UTC yyyymmddHHMMSS>-<first 8
+//! of checksum>`, with `-<n>` on a collision) are ever listed or removed.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+
+use crate::state::StateDir;
+
+/// Where a release-managed `dest` keeps its releases.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The symlink the app reads through.
+    pub dest: PathBuf,
+    /// The directory holding `dest` and `releases/`.
+    pub parent: PathBuf,
+    /// `<parent>/releases`.
+    pub dir: PathBuf,
+}
+
+/// One release dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// Its name in `releases/`.
+    pub name: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether `dest` points to it.
+    pub live: bool,
+    /// When it was deployed (from its name), RFC 3339.
+    pub deployed_at: String,
+    /// Bytes in its regular files (files shared with other releases
+    /// through hard links count in each).
+    pub bytes: u64,
+    #[serde(skip)]
+    made: (i64, i64),
+}
+
+impl Layout {
+    /// The layout of `dest` (a trailing `/` is ignored).
+    pub fn of(dest: &Path) -> Result<Self> {
+        let text = dest.to_string_lossy();
+        let dest = PathBuf::from(text.trim_end_matches('/'));
+        let name = dest
+            .file_name()
+            .ok_or_else(|| anyhow!("dest {}: no directory name to make a symlink of", text))?;
+        if name == ".." {
+            bail!("dest {text}: no directory name to make a symlink of");
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(Layout {
+            dir: parent.join("releases"),
+            parent,
+            dest,
+        })
+    }
+
+    /// Refuses a `dest` that is something other than a symlink (or
+    /// missing): the agent never moves or deletes data it did not place.
+    pub fn check_dest(&self) -> Result<()> {
+        let d = self.dest.display();
+        match fs::symlink_metadata(&self.dest) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(()),
+            Ok(meta) if meta.is_dir() => bail!(
+                "dest {d} is a directory: sync_strategy release makes dest a symlink to \
+                 {}/<release>. To migrate, move it aside (mv {d} {d}.old) and deploy again; \
+                 stretcher never moves or deletes it",
+                self.dir.display()
+            ),
+            Ok(_) => bail!(
+                "dest {d} is not a symlink: sync_strategy release makes dest a symlink to \
+                 {}/<release>; move it aside and deploy again",
+                self.dir.display()
+            ),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("stat {d}")),
+        }
+    }
+
+    /// The release dir `dest` points to now, when it is a directory.
+    pub fn live_dir(&self) -> Option<PathBuf> {
+        let target = fs::read_link(&self.dest).ok()?;
+        let dir = self.parent.join(target);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// The name of the release `dest` points to, when it is one of ours.
+    pub fn live(&self) -> Option<String> {
+        let live = self.live_dir()?.canonicalize().ok()?;
+        let dir = self.dir.canonicalize().ok()?;
+        let name = live.file_name()?.to_str()?;
+        (live.parent() == Some(dir.as_path()) && is_release_name(name)).then(|| name.to_string())
+    }
+
+    /// Every release, newest first.
+    pub fn list(&self) -> Result<Vec<Release>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        };
+        let live = self.live();
+        let mut releases = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", self.dir.display()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Some(at) = deployed_at(&name) else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            releases.push(Release {
+                live: live.as_deref() == Some(name.as_str()),
+                deployed_at: at.to_rfc3339(),
+                bytes: 0,
+                made: (
+                    at.timestamp(),
+                    meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+                ),
+                name,
+                path,
+            });
+        }
+        releases.sort_by(|a, b| b.made.cmp(&a.made).then_with(|| b.name.cmp(&a.name)));
+        Ok(releases)
+    }
+
+    /// A free name for a release of `checksum` deployed `now`.
+    pub fn new_name(&self, checksum: &str, now: DateTime<Utc>) -> String {
+        let sum: String = checksum.chars().take(8).collect::<String>().to_lowercase();
+        let base = format!("{}-{sum}", now.format("%Y%m%d%H%M%S"));
+        let mut name = base.clone();
+        for n in 2.. {
+            if fs::symlink_metadata(self.dir.join(&name)).is_err() {
+                break;
+            }
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
+    /// Points `dest` at `releases/<name>` atomically: a new symlink renamed
+    /// over the old one, then the directory synced so the switch survives
+    /// a crash.
+    pub fn switch(&self, name: &str) -> Result<()> {
+        let target = Path::new("releases").join(name);
+        let mut temp = std::ffi::OsString::from(".");
+        temp.push(self.dest.file_name().unwrap_or_default());
+        temp.push(format!(".switch.{:06x}", rand::random::<u32>() & 0xff_ffff));
+        let temp = self.parent.join(temp);
+        std::os::unix::fs::symlink(&target, &temp)
+            .with_context(|| format!("creating symlink {}", temp.display()))?;
+        if let Err(e) = fs::rename(&temp, &self.dest) {
+            let _ = fs::remove_file(&temp);
+            return Err(e).with_context(|| format!("switching {}", self.dest.display()));
+        }
+        fs::File::open(&self.parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", self.parent.display()))?;
+        Ok(())
+    }
+
+    /// Removes releases beyond the newest `keep`, never one named in
+    /// `spare` (the live one and the one it replaced). Logs each removal;
+    /// a release that cannot be removed is logged and left.
+    pub fn prune(&self, keep: usize, spare: &[&str]) -> Result<()> {
+        for release in self.list()?.into_iter().skip(keep) {
+            if release.live || spare.contains(&release.name.as_str()) {
+                continue;
+            }
+            match crate::scratch::remove_tree(&release.path) {
+                Ok(()) => log::info!("Removed old release {}", release.name),
+                Err(e) => log::info!("could not remove old release {}: {e}", release.name),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes release dirs a killed run left half built.
+    pub fn remove_unfinished(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(BUILDING) {
+                log::info!("Removing unfinished release {name}");
+                let _ = crate::scratch::remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// The prefix of a release dir under construction.
+pub const BUILDING: &str = ".building-";
+
+/// Whether `name` is a name this agent gives releases.
+pub fn is_release_name(name: &str) -> bool {
+    deployed_at(name).is_some()
+}
+
+/// The deploy time in a release name: `yyyymmddHHMMSS-xxxxxxxx[-n]`.
+fn deployed_at(name: &str) -> Option<DateTime<Utc>> {
+    let (stamp, rest) = name.split_at_checked(14)?;
+    let rest = rest.strip_prefix('-')?;
+    let (sum, suffix) = rest.split_at_checked(8.min(rest.len()))?;
+    let suffix_ok = suffix.is_empty()
+        || suffix
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let sum_ok = !sum.is_empty() && sum.bytes().all(|b| b.is_ascii_hexdigit());
+    if !(suffix_ok && sum_ok && stamp.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    let at = NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
+    Some(at.and_utc())
+}
+
+/// Bytes in the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// `stretcher releases`: the releases of `dest`, newest first, the live
+/// one marked; as one JSON object with `json`.
+pub fn show(dest: &Path, json: bool) -> Result<String> {
+    let layout = Layout::of(dest)?;
+    let mut releases = layout.list()?;
+    for r in &mut releases {
+        r.bytes = tree_bytes(&r.path);
+    }
+    if json {
+        let doc = serde_json::json!({
+            "dest": layout.dest,
+            "live": layout.live(),
+            "releases": releases,
+        });
+        return Ok(format!("{doc}\n"));
+    }
+    if releases.is_empty() {
+        return Ok(format!("no releases in {}\n", layout.dir.display()));
+    }
+    let mut out = format!(
+        "releases of {} in {}\n",
+        dest.display(),
+        layout.dir.display()
+    );
+    for r in &releases {
+        let at = r.deployed_at.replace('T', " ").replace("+00:00", " UTC");
+        out.push_str(&format!(
+            "{} {:<28} {:>10}  {}\n",
+            if r.live { "*" } else { " " },
+            r.name,
+            crate::units::format_bytes(r.bytes),
+            at
+        ));
+    }
+    if layout.live().is_none() {
+        out.push_str(&format!(
+            "{} points to none of them\n",
+            layout.dest.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// `stretcher rollback`: points `dest` at the release before the live one
+/// (or at `to`), runs nothing else, and with a state dir records the
+/// rollback so the release rolled back from is not deployed again by a
+/// replayed event. Logs what it did.
+pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Result<()> {
+    let layout = Layout::of(dest)?;
+    layout.check_dest()?;
+    let releases = layout.list()?;
+    let live = layout.live();
+    let target = match to {
+        Some(name) => releases
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| anyhow!("no release {name} in {}", layout.dir.display()))?,
+        None => {
+            let live = live.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "nothing to roll back to: {} points to no release in {}",
+                    layout.dest.display(),
+                    layout.dir.display()
+                )
+            })?;
+            releases
+                .iter()
+                .skip_while(|r| r.name != live)
+                .nth(1)
+                .ok_or_else(|| {
+                    anyhow!("nothing to roll back to: {live} is the oldest release left")
+                })?
+        }
+    };
+    if live.as_deref() == Some(target.name.as_str()) {
+        bail!(
+            "{} already points to {}",
+            layout.dest.display(),
+            target.name
+        );
+    }
+    layout.switch(&target.name)?;
+    log::info!(
+        "Rolled back {} from {} to {}",
+        layout.dest.display(),
+        live.as_deref().unwrap_or("(no release)"),
+        target.name
+    );
+    if let (Some(state), Some(from)) = (state, &live) {
+        state.record_rollback(&dest.to_string_lossy(), from, &target.name)?;
+        log::info!("Recorded the rollback in {}", state.path().display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_this_agent_gives_are_releases() {
+        assert!(is_release_name("20261201123456-0123abcd"));
+        assert!(is_release_name("20261201123456-0123abcd-2"));
+        assert!(is_release_name("20261201123456-0123"));
+        for name in [
+            "20261301123456-0123abcd",
+            "20261201123456-0123abcg",
+            "20261201123456_0123abcd",
+            "20261201123456-0123abcd-",
+            "20261201123456-0123abcd-x",
+            "shared",
+            ".building-20261201123456-0123abcd",
+            "2026120112345-0123abcd",
+        ] {
+            assert!(!is_release_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_name_in_use_gets_a_suffix() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::of(&tmp.path().join("current")).expect("layout");
+        let now = DateTime::parse_from_rfc3339("2026-12-01T10:20:30Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let first = layout.new_name("ABCDEF0123456789", now);
+        assert_eq!(first, "20261201102030-abcdef01");
+        fs::create_dir_all(layout.dir.join(&first)).expect("mkdir");
+        let second = layout.new_name("abcdef0123456789", now);
+        assert_eq!(second, "20261201102030-abcdef01-2");
+        fs::create_dir_all(layout.dir.join(&second)).expect("mkdir");
+        assert_eq!(
+            layout.new_name("abcdef0123456789", now),
+            "20261201102030-abcdef01-3"
+        );
+    }
+
+    #[test]
+    fn dest_must_be_a_symlink_or_missing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dest = tmp.path().join("current");
+        let layout = Layout::of(&dest).expect("layout");
+        layout.check_dest().expect("missing is fine");
+        fs::create_dir(&dest).expect("mkdir");
+        let e = layout.check_dest().expect_err("a real dir is refused");
+        assert!(format!("{e}").contains("is a directory"), "{e}");
+        assert!(Layout::of(Path::new("/")).is_err());
+    }
+}
