@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""stretcher benchmark: deploys with the default rsync strategy and with
-sync_strategy: native against the exact sequence of external steps Go
+"""stretcher benchmark: deploys with the default rsync strategy, with
+sync_strategy: native and with sync_strategy: release against the exact sequence of external steps Go
 stretcher runs (baseline.sh), and against a floor (the archive read, hashed
 and inflated with nothing written); plus download+hash throughput and peak
 memory. Prints Markdown and writes it to bench/results.md.
@@ -133,9 +133,18 @@ class Place:
         self.dest = os.path.join(self.dir, "dest")
         self.tmp = os.path.join(self.dir, "tmp")
 
-    def reset_dest(self, with_v1):
-        subprocess.run(["rm", "-rf", self.dest], check=True)
-        if with_v1:
+    def reset_dest(self, with_v1, release=False):
+        releases = os.path.join(self.dir, "releases")
+        subprocess.run(["rm", "-rf", self.dest, releases], check=True)
+        if release:
+            # The release layout: v1 live in releases/, dest a symlink to it.
+            if with_v1:
+                os.makedirs(releases)
+                live = "20000101000000-00000000"
+                subprocess.run(["cp", "-al", self.pristine, os.path.join(releases, live)],
+                               check=True)
+                os.symlink(os.path.join("releases", live), self.dest)
+        elif with_v1:
             # Hard links: a deploy replaces changed files by rename, so the
             # pristine tree is never modified, and set-up stays cheap.
             subprocess.run(["cp", "-al", self.pristine, self.dest], check=True)
@@ -228,8 +237,22 @@ def pick_floor(place):
 # "excluded" (a native deploy with `excludes: ['*']`: the agent downloads
 # the archive to its temp file, hashes, inflates and parses all of it, and
 # places nothing) are timed only for file:// sources.
-TOOLS = ("baseline", "rsync", "native", "floor", "excluded")
+TOOLS = ("baseline", "rsync", "native", "release", "floor", "excluded")
 FILE_ONLY = ("floor", "excluded")
+
+
+def new_bytes(place):
+    """Of the live release's file bytes, the fraction in files it shares
+    with no other release (written by this deploy, not hard linked)."""
+    live = os.path.realpath(place.dest)
+    total = fresh = 0
+    for d, _, files in os.walk(live):
+        for name in files:
+            st = os.lstat(os.path.join(d, name))
+            total += st.st_size
+            if st.st_nlink == 1:
+                fresh += st.st_size
+    return fresh / total if total else 0.0
 
 
 def scenarios(binary, runs, disk):
@@ -265,7 +288,7 @@ def scenarios(binary, runs, disk):
                                 floor_fn(path)
                                 times[tool].append(time.time() - start)
                                 continue
-                            place.reset_dest(with_v1 and tool != "excluded")
+                            place.reset_dest(with_v1 and tool != "excluded", tool == "release")
                             if tool == "baseline":
                                 t = run_baseline(place, url)
                             elif tool == "excluded":
@@ -278,6 +301,8 @@ def scenarios(binary, runs, disk):
                             times[tool].append(t)
                             if tool not in digests:
                                 digests[tool] = tree_digest(place.dest)
+                                if tool == "release":
+                                    times["release new bytes"] = [new_bytes(place)]
                         for tool, digest in digests.items():
                             if digest != digests["baseline"]:
                                 raise SystemExit(f"dest trees differ: {place.name} {source} "
@@ -287,7 +312,8 @@ def scenarios(binary, runs, disk):
                         b = med["baseline"]
                         print(f"  {place.name:5} {source:4} {scenario:22} baseline {b:6.2f}s  "
                               f"rsync {med['rsync']:6.2f}s ({med['rsync'] / b:.2f})  "
-                              f"native {med['native']:6.2f}s ({med['native'] / b:.2f})"
+                              f"native {med['native']:6.2f}s ({med['native'] / b:.2f})  "
+                              f"release {med['release']:6.2f}s ({med['release'] / b:.2f})"
                               + (f"  floor {med['floor']:6.2f}s" if "floor" in med else ""),
                               flush=True)
             finally:
@@ -536,13 +562,16 @@ def main():
         f"- artifact: {os.path.getsize(os.path.join(WORK, 'v1.tar.gz')) / 1e6:.0f} MB tar.gz, "
         "20,000 files in 2,000 dirs (bench/gen.py, fixed seed); v2 changes 1% of files",
         f"- {args.runs} runs of each, alternated baseline / stretcher rsync / stretcher native / "
-        "floor / native with every path excluded; medians; time from start to the post hook",
+        "stretcher release / floor / native with every path excluded; medians; time from start "
+        "to the post hook",
         f"- places: disk is {disk.label}; tmpfs is /dev/shm. Each holds the archives, "
         "TMPDIR and dest",
         "- baseline: bench/baseline.sh (Go stretcher's steps: cat|tee|sha256sum, tar xf, chmod, "
         "rsync -a --delete -v)",
         "- rsync: stretcher's default strategy (extract to a temp dir, rsync into dest); "
-        "native: `sync_strategy: native` (stream the archive into dest)",
+        "native: `sync_strategy: native` (stream the archive into dest); release: "
+        "`sync_strategy: release` (a new release dir hard-linking unchanged files from the live "
+        "one, then the dest symlink switched; redeploys start with v1 live in releases/)",
         "- floor: the least work any strategy must do: the archive (where it lies, so file:// "
         "rows only) read once, hashed and inflated, nothing written; timed in the bench process "
         f"with {floor_name} (the fastest of the ways below)",
@@ -561,6 +590,19 @@ def main():
         lines.append(f"| {place} | {source} | {scenario} | {b:.2f}s | {m['rsync']:.2f}s | "
                      f"{m['rsync'] / b:.2f} | {m['native']:.2f}s | {m['native'] / b:.2f} | "
                      f"{floor} |")
+    lines += [
+        "",
+        "`sync_strategy: release` against the baseline, and the bytes a release deploy writes: "
+        "of the new release's file bytes, the share in files it shares with no other release "
+        "(target for a 1%-changed deploy: ≤ 2%).",
+        "",
+        "| place | source | scenario | baseline | stretcher release | ratio | new bytes |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for place, source, scenario, m in rows:
+        b = m["baseline"]
+        lines.append(f"| {place} | {source} | {scenario} | {b:.2f}s | {m['release']:.2f}s | "
+                     f"{m['release'] / b:.2f} | {m['release new bytes'] * 100:.2f}% |")
     lines += [
         "",
         "Floor candidates (v1, median of 3; nothing written):",
