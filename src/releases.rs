@@ -179,11 +179,17 @@ impl Layout {
     }
 
     /// Removes releases beyond the newest `keep`, never one named in
-    /// `spare` (the live one and the one it replaced). Logs each removal;
-    /// a release that cannot be removed is logged and left.
+    /// `spare` (the live one and the one it replaced) nor one that any
+    /// symlink beside `dest` points to (another dest sharing `releases/`).
+    /// Logs each removal; a release that cannot be removed is logged and
+    /// left.
     pub fn prune(&self, keep: usize, spare: &[&str]) -> Result<()> {
+        let in_use = self.linked_from_parent();
         for release in self.list()?.into_iter().skip(keep) {
-            if release.live || spare.contains(&release.name.as_str()) {
+            if release.live
+                || spare.contains(&release.name.as_str())
+                || in_use.contains(&release.name)
+            {
                 continue;
             }
             match crate::scratch::remove_tree(&release.path) {
@@ -192,6 +198,23 @@ impl Layout {
             }
         }
         Ok(())
+    }
+
+    /// Names of the releases that symlinks in `parent` point to.
+    fn linked_from_parent(&self) -> Vec<String> {
+        let Ok(dir) = self.dir.canonicalize() else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(&self.parent) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+            .filter_map(|e| e.path().canonicalize().ok())
+            .filter(|target| target.parent() == Some(dir.as_path()))
+            .filter_map(|target| Some(target.file_name()?.to_str()?.to_string()))
+            .collect()
     }
 
     /// Removes release dirs a killed run left half built.
@@ -222,12 +245,12 @@ pub fn is_release_name(name: &str) -> bool {
 fn deployed_at(name: &str) -> Option<DateTime<Utc>> {
     let (stamp, rest) = name.split_at_checked(14)?;
     let rest = rest.strip_prefix('-')?;
-    let (sum, suffix) = rest.split_at_checked(8.min(rest.len()))?;
+    let (sum, suffix) = rest.split_at_checked(8)?;
     let suffix_ok = suffix.is_empty()
         || suffix
             .strip_prefix('-')
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    let sum_ok = !sum.is_empty() && sum.bytes().all(|b| b.is_ascii_hexdigit());
+    let sum_ok = sum.bytes().all(|b| b.is_ascii_hexdigit());
     if !(suffix_ok && sum_ok && stamp.bytes().all(|b| b.is_ascii_digit())) {
         return None;
     }
@@ -354,8 +377,9 @@ mod tests {
     fn only_names_this_agent_gives_are_releases() {
         assert!(is_release_name("20261201123456-0123abcd"));
         assert!(is_release_name("20261201123456-0123abcd-2"));
-        assert!(is_release_name("20261201123456-0123"));
         for name in [
+            "20261201123456-0123",
+            "20261201123456-1",
             "20261301123456-0123abcd",
             "20261201123456-0123abcg",
             "20261201123456_0123abcd",

@@ -503,3 +503,29 @@ fn a_rollback_waits_for_a_deploy_to_the_same_dest() {
     stretcher(&fx, &["rollback", "--dest", &dest]).ok();
     assert_eq!(std::fs::read(fx.dest().join("a")).unwrap(), b"version 1\n.");
 }
+
+/// Two dests in one directory share `releases/`: pruning for one never
+/// removes the release the other points to.
+#[test]
+fn pruning_spares_the_release_another_dest_beside_it_points_to() {
+    let fx = Fixture::new();
+    let data = app(1);
+    fx.write("v1.tar", &data);
+    let other = fx.path("other");
+    fx.deploy(&format!(
+        "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: release\n",
+        fx.url("v1.tar"),
+        sha256(&data),
+        other.display()
+    ))
+    .ok();
+    for v in 2..=4 {
+        fx.deploy(&manifest(&fx, v, "keep_releases: 1\n")).ok();
+    }
+    assert_eq!(
+        std::fs::read(other.join("a")).unwrap(),
+        b"version 1\n.",
+        "the other dest's release is kept"
+    );
+    assert_eq!(releases(&fx).len(), 3, "other's, dest's previous and live");
+}
