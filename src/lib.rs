@@ -152,7 +152,7 @@ async fn run_logged(
         }
     };
 
-    let hooks = Hooks {
+    let mut hooks = Hooks {
         env: vec![
             ("STRETCHER_MANIFEST_URL", event.url.clone()),
             ("STRETCHER_SRC", manifest.src.clone()),
@@ -172,6 +172,9 @@ async fn run_logged(
         Some(failure) => Err(failure),
         None => deploy(&manifest, config, &hooks, cancel, facts).await,
     };
+    if let Some(dir) = &facts.release {
+        hooks.env.push(("STRETCHER_RELEASE_DIR", dir.clone()));
+    }
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
@@ -204,10 +207,11 @@ async fn run_logged(
 /// (or after another archive was deployed there).
 fn not_rolled_back(state: &StateDir, m: &Manifest) -> Result<(), Failure> {
     let record = state.dest_record(&m.dest).at(Step::Validate)?;
-    let Some(rb) = record.and_then(|r| r.rolled_back) else {
+    let rolled_back = record.map(|r| r.rolled_back).unwrap_or_default();
+    let Some(rb) = rolled_back.iter().find(|rb| rb.is_of(&m.checksum)) else {
         return Ok(());
     };
-    if m.src.is_empty() || !rb.is_of(&m.checksum) {
+    if m.src.is_empty() {
         return Ok(());
     }
     Err(anyhow!(
@@ -228,7 +232,7 @@ fn record(state: &StateDir, event: &Event, m: &Manifest, signed_at: Option<u64>)
         event: event.source.as_ref().map(|s| s.label()),
         deployed_at: chrono::Utc::now().to_rfc3339(),
         signed_at,
-        rolled_back: None,
+        rolled_back: Vec::new(),
     };
     state.record(event.source.as_ref(), &m.dest, entry)
 }

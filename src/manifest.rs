@@ -36,6 +36,7 @@ pub struct Manifest {
     #[serde(deserialize_with = "scalar")]
     pub exclude_from: String,
     /// `sync_strategy: release`: how many releases to keep (default 5).
+    #[serde(deserialize_with = "count")]
     pub keep_releases: Option<u64>,
     /// Hook command lines.
     #[serde(deserialize_with = "commands")]
@@ -143,6 +144,18 @@ fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<Text>::deserialize(d)?
         .map(|t| t.0)
         .unwrap_or_default())
+}
+
+/// A whole number, written as a number or a quoted one; empty is none.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = scalar(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {text:?}")))
 }
 
 /// A list of scalars, each as its text; one scalar is a list of one.

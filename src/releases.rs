@@ -70,6 +70,17 @@ impl Layout {
     /// missing): the agent never moves or deletes data it did not place.
     pub fn check_dest(&self) -> Result<()> {
         let d = self.dest.display();
+        if self.dest.file_name() == Some(std::ffi::OsStr::new("releases")) {
+            bail!("dest {d}: sync_strategy release keeps its releases in a dir named releases beside dest; name dest otherwise (current)");
+        }
+        let name = self.dest.file_name().unwrap_or_default();
+        if let Some(other) = self.links_into_releases().find(|(link, _)| link != name) {
+            bail!(
+                "dest {d}: {} beside it already points into {}: give each release dest a directory of its own",
+                self.parent.join(other.0).display(),
+                self.dir.display()
+            );
+        }
         match fs::symlink_metadata(&self.dest) {
             Ok(meta) if meta.file_type().is_symlink() => Ok(()),
             Ok(meta) if meta.is_dir() => bail!(
@@ -172,9 +183,11 @@ impl Layout {
             let _ = fs::remove_file(&temp);
             return Err(e).with_context(|| format!("switching {}", self.dest.display()));
         }
-        fs::File::open(&self.parent)
-            .and_then(|dir| dir.sync_all())
-            .with_context(|| format!("syncing {}", self.parent.display()))?;
+        // Switched: a directory that cannot be synced (opened) only leaves
+        // the switch to the next writeback.
+        if let Err(e) = fs::File::open(&self.parent).and_then(|dir| dir.sync_all()) {
+            log::info!("could not sync {}: {e}", self.parent.display());
+        }
         Ok(())
     }
 
@@ -184,7 +197,7 @@ impl Layout {
     /// Logs each removal; a release that cannot be removed is logged and
     /// left.
     pub fn prune(&self, keep: usize, spare: &[&str]) -> Result<()> {
-        let in_use = self.linked_from_parent();
+        let in_use: Vec<String> = self.links_into_releases().map(|(_, name)| name).collect();
         for release in self.list()?.into_iter().skip(keep) {
             if release.live
                 || spare.contains(&release.name.as_str())
@@ -192,7 +205,12 @@ impl Layout {
             {
                 continue;
             }
-            match crate::scratch::remove_tree(&release.path) {
+            // Out of the list first: a removal that fails half way leaves
+            // no damaged release to roll back to.
+            let doomed = self.dir.join(format!("{REMOVING}{}", release.name));
+            let removed = fs::rename(&release.path, &doomed)
+                .and_then(|()| crate::scratch::remove_tree(&doomed));
+            match removed {
                 Ok(()) => log::info!("Removed old release {}", release.name),
                 Err(e) => log::info!("could not remove old release {}: {e}", release.name),
             }
@@ -200,41 +218,101 @@ impl Layout {
         Ok(())
     }
 
-    /// Names of the releases that symlinks in `parent` point to.
-    fn linked_from_parent(&self) -> Vec<String> {
-        let Ok(dir) = self.dir.canonicalize() else {
-            return Vec::new();
-        };
-        let Ok(entries) = fs::read_dir(&self.parent) else {
-            return Vec::new();
-        };
+    /// The symlinks in `parent` that point to a dir in `releases/`: (link
+    /// name, release name).
+    fn links_into_releases(&self) -> impl Iterator<Item = (std::ffi::OsString, String)> {
+        let dir = self.dir.canonicalize().ok();
+        let entries = dir.as_ref().and_then(|_| fs::read_dir(&self.parent).ok());
         entries
+            .into_iter()
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
-            .filter_map(|e| e.path().canonicalize().ok())
-            .filter(|target| target.parent() == Some(dir.as_path()))
-            .filter_map(|target| Some(target.file_name()?.to_str()?.to_string()))
-            .collect()
+            .flatten()
+            .filter_map(move |e| {
+                if !e.file_type().ok()?.is_symlink() {
+                    return None;
+                }
+                let target = e.path().canonicalize().ok()?;
+                if target.parent() != dir.as_deref() {
+                    return None;
+                }
+                Some((e.file_name(), target.file_name()?.to_str()?.to_string()))
+            })
     }
 
-    /// Removes release dirs a killed run left half built.
+    /// Removes what a killed run left: release dirs half built or half
+    /// removed, and a switch's temp symlink.
     pub fn remove_unfinished(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(BUILDING) {
-                log::info!("Removing unfinished release {name}");
+            if name.starts_with(BUILDING) || name.starts_with(REMOVING) {
+                log::info!("Removing unfinished {name}");
                 let _ = crate::scratch::remove_tree(&entry.path());
             }
         }
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(self.dest.file_name().unwrap_or_default());
+        prefix.push(".switch.");
+        let prefix = prefix.as_encoded_bytes();
+        for entry in fs::read_dir(&self.parent).into_iter().flatten().flatten() {
+            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if is_link && entry.file_name().as_encoded_bytes().starts_with(prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Adds a switch of `dest` (by a deploy, or a rollback) to
+    /// `releases/.history`, which keeps the last few hundred.
+    pub fn note(&self, how: Switch, from: Option<&str>, to: &str) -> Result<()> {
+        let path = self.dir.join(HISTORY);
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        let mut lines: Vec<&str> = old.lines().collect();
+        let skip = lines.len().saturating_sub(HISTORY_LINES - 1);
+        lines.drain(..skip);
+        let how = match how {
+            Switch::Deploy => "deploy",
+            Switch::Rollback => "rollback",
+        };
+        let line = format!(
+            "{} {how} {} {to}",
+            Utc::now().to_rfc3339(),
+            from.unwrap_or("-")
+        );
+        lines.push(&line);
+        let text = lines.join("\n") + "\n";
+        crate::state::write_atomic(&path, text.as_bytes(), 0o644)
+    }
+
+    /// The release that `name` replaced when a deploy made it live, if the
+    /// history has it and it is still there.
+    fn replaced_by(&self, name: &str) -> Option<String> {
+        let history = fs::read_to_string(self.dir.join(HISTORY)).ok()?;
+        let from = history.lines().rev().find_map(|line| {
+            let mut words = line.split(' ').skip(1);
+            let (how, from, to) = (words.next()?, words.next()?, words.next()?);
+            (how == "deploy" && to == name).then_some(from)
+        })?;
+        (is_release_name(from) && self.dir.join(from).is_dir()).then(|| from.to_string())
     }
 }
 
 /// The prefix of a release dir under construction.
 pub const BUILDING: &str = ".building-";
+/// The prefix of a release dir being removed.
+const REMOVING: &str = ".removing-";
+/// The switch log in `releases/`.
+const HISTORY: &str = ".history";
+const HISTORY_LINES: usize = 500;
+
+/// What switched `dest`.
+#[derive(Debug, Clone, Copy)]
+pub enum Switch {
+    /// A deploy made a new release live.
+    Deploy,
+    /// `stretcher rollback`.
+    Rollback,
+}
 
 /// Whether `name` is a name this agent gives releases.
 pub fn is_release_name(name: &str) -> bool {
@@ -317,19 +395,21 @@ pub fn show(dest: &Path, json: bool) -> Result<String> {
     Ok(out)
 }
 
-/// `stretcher rollback`: points `dest` at the release before the live one
-/// (or at `to`), runs nothing else, and with a state dir records the
-/// rollback so the release rolled back from is not deployed again by a
-/// replayed event. Logs what it did.
+/// `stretcher rollback`: points `dest` at the release the live one
+/// replaced (or at `to`), runs nothing else, and with a state dir records
+/// the rollback, so the releases rolled back from are not deployed again
+/// by a replayed event. Logs what it did.
 pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Result<()> {
     let layout = Layout::of(dest)?;
     layout.check_dest()?;
+    layout.remove_unfinished();
     let releases = layout.list()?;
     let live = layout.live();
     let target = match to {
         Some(name) => releases
             .iter()
             .find(|r| r.name == name)
+            .map(|r| r.name.clone())
             .ok_or_else(|| anyhow!("no release {name} in {}", layout.dir.display()))?,
         None => {
             let live = live.as_deref().ok_or_else(|| {
@@ -339,34 +419,72 @@ pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Resu
                     layout.dir.display()
                 )
             })?;
-            releases
-                .iter()
-                .skip_while(|r| r.name != live)
-                .nth(1)
+            // The release the live one replaced; without a record of it,
+            // the next older one.
+            layout
+                .replaced_by(live)
+                .or_else(|| {
+                    let mut older = releases.iter().skip_while(|r| r.name != live).skip(1);
+                    older.next().map(|r| r.name.clone())
+                })
                 .ok_or_else(|| {
                     anyhow!("nothing to roll back to: {live} is the oldest release left")
                 })?
         }
     };
-    if live.as_deref() == Some(target.name.as_str()) {
-        bail!(
-            "{} already points to {}",
-            layout.dest.display(),
-            target.name
-        );
+    if live.as_deref() == Some(target.as_str()) {
+        bail!("{} already points to {target}", layout.dest.display());
     }
-    layout.switch(&target.name)?;
+    layout.switch(&target)?;
     log::info!(
-        "Rolled back {} from {} to {}",
+        "Rolled back {} from {} to {target}",
         layout.dest.display(),
         live.as_deref().unwrap_or("(no release)"),
-        target.name
     );
+    if let Err(e) = layout.note(Switch::Rollback, live.as_deref(), &target) {
+        log::info!(
+            "could not add to {}: {e:#}",
+            layout.dir.join(HISTORY).display()
+        );
+    }
     if let (Some(state), Some(from)) = (state, &live) {
-        state.record_rollback(&dest.to_string_lossy(), from, &target.name)?;
-        log::info!("Recorded the rollback in {}", state.path().display());
+        let key = same_dest_key(state, &layout.dest)?;
+        match key {
+            Some(key) => {
+                state.record_rollback(&key, from, &target)?;
+                log::info!("Recorded the rollback in {}", state.path().display());
+            }
+            None => log::info!(
+                "no deploy to {} is recorded in {}: the rollback is not recorded",
+                layout.dest.display(),
+                state.path().display()
+            ),
+        }
     }
     Ok(())
+}
+
+/// The state dir's key for `dest`: the dest of a recorded deploy that
+/// names the same symlink, however it was spelled.
+fn same_dest_key(state: &StateDir, dest: &Path) -> Result<Option<String>> {
+    let want = physical(dest);
+    let dests = crate::state::read_dests(state.path())?;
+    Ok(dests.into_keys().find(|k| physical(Path::new(k)) == want))
+}
+
+/// `dest` with its parent resolved to one physical path (the symlink
+/// itself is not followed).
+fn physical(dest: &Path) -> PathBuf {
+    let text = dest.to_string_lossy();
+    let dest = Path::new(text.trim_end_matches('/'));
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), dest.file_name()) {
+        (Ok(p), Some(name)) => p.join(name),
+        _ => dest.to_path_buf(),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Source, System};
@@ -139,9 +139,9 @@ pub struct DestRecord {
     /// Absent from files written before signatures were checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
-    /// Set by `stretcher rollback`, cleared by the next deploy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rolled_back: Option<RolledBack>,
+    /// Rollbacks by `stretcher rollback` since this deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back: Vec<RolledBack>,
 }
 
 /// A rollback of a release-managed dest (SPEC 8.2).
@@ -275,19 +275,16 @@ impl StateDir {
         &self.dir
     }
 
-    /// Records a rollback of `dest` from release `from` to `to`, keeping
-    /// the rest of its record.
+    /// Adds a rollback of the recorded `dest` from release `from` to `to`
+    /// to its record.
     pub fn record_rollback(&self, dest: &str, from: &str, to: &str) -> Result<()> {
         let _lock = self.lock()?;
         let mut state = self.load()?;
-        // The manifest's spelling of dest, with or without a trailing `/`.
-        let same = |k: &String| k.trim_end_matches('/') == dest.trim_end_matches('/');
-        let key = state.dests.keys().find(|k| same(k)).cloned();
         let record = state
             .dests
-            .entry(key.unwrap_or_else(|| dest.to_string()))
-            .or_default();
-        record.rolled_back = Some(RolledBack {
+            .get_mut(dest)
+            .ok_or_else(|| anyhow!("no deploy to {dest} is recorded"))?;
+        record.rolled_back.push(RolledBack {
             from: from.to_string(),
             to: to.to_string(),
             at: chrono::Utc::now().to_rfc3339(),

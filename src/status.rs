@@ -57,6 +57,10 @@ pub fn show(report_file: Option<&Path>, state_dir: Option<&Path>, json: bool) ->
             field(&mut out, "checksum", Some(&record.checksum));
             field(&mut out, "manifest", Some(&record.manifest));
             field(&mut out, "event", record.event.as_ref());
+            for rb in &record.rolled_back {
+                let line = format!("{} from {} to {}", rb.at, rb.from, rb.to);
+                field(&mut out, "rollback", Some(&line));
+            }
         }
     }
     Ok(out)

@@ -49,12 +49,14 @@ fn releases_dir(fx: &Fixture) -> PathBuf {
     fx.path("releases")
 }
 
-/// Release names, sorted by name (several deploys in one second sort by
+/// Entries of `releases/` but the switch history: release names, and any
+/// half-built or half-removed dir left. Sorted by name (several deploys in one second sort by
 /// checksum: `stretcher releases` orders those by creation).
 fn releases(fx: &Fixture) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(releases_dir(fx))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != ".history")
         .collect();
     names.sort();
     names
@@ -504,28 +506,135 @@ fn a_rollback_waits_for_a_deploy_to_the_same_dest() {
     assert_eq!(std::fs::read(fx.dest().join("a")).unwrap(), b"version 1\n.");
 }
 
-/// Two dests in one directory share `releases/`: pruning for one never
-/// removes the release the other points to.
+/// Two release dests in one directory would share `releases/`: the second
+/// is refused before its download, and the first keeps working.
 #[test]
-fn pruning_spares_the_release_another_dest_beside_it_points_to() {
+fn a_second_release_dest_in_the_same_directory_is_refused() {
+    let fx = Fixture::new();
+    fx.deploy(&manifest(&fx, 1, "")).ok();
+    let data = app(2);
+    fx.write("v2.tar", &data);
+    let other = fx.path("other");
+    let log = fx
+        .deploy(&format!(
+            "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: release\n",
+            fx.url("v2.tar"),
+            sha256(&data),
+            other.display()
+        ))
+        .failed();
+    assert!(log.contains("a directory of its own"), "{log}");
+    let download = format!("Loading URL {}", fx.url("v2.tar"));
+    assert!(
+        !log.contains(&download),
+        "refused before the download: {log}"
+    );
+    assert!(!other.exists());
+    assert_eq!(releases(&fx).len(), 1);
+    fx.deploy(&manifest(&fx, 3, "")).ok();
+}
+
+/// A later duplicate member with another mode in a new release is written
+/// anew; the file the live release shares is never changed.
+#[test]
+fn building_a_release_never_changes_a_file_the_live_release_has() {
+    let fx = Fixture::new();
+    let v1 = tar(&[Member::File("x", b"same", 0o644)]);
+    fx.write("v1.tar", &v1);
+    let rel = "sync_strategy: release\n";
+    fx.deploy(&manifest_for(&fx, &fx.url("v1.tar"), &sha256(&v1), rel))
+        .ok();
+    let old = releases_dir(&fx).join(live(&fx));
+    let v2 = tar(&[
+        Member::File("x", b"same", 0o644),
+        Member::Dir("d/", 0o755),
+        Member::File("d", b"now a file", 0o644),
+        Member::File("x", b"same", 0o600),
+    ]);
+    fx.write("v2.tar", &v2);
+    fx.deploy(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), rel))
+        .ok();
+    let new = releases_dir(&fx).join(live(&fx));
+    assert_eq!(mode(&old.join("x")), 0o644, "the old release is untouched");
+    assert_eq!(mode(&new.join("x")), 0o600);
+    assert_ne!(ino(&old.join("x")), ino(&new.join("x")));
+}
+
+/// After a rollback to an older release and a new deploy, a rollback goes
+/// back to the release that deploy replaced, not to the next older name.
+#[test]
+fn rollback_returns_to_the_release_the_live_one_replaced() {
+    let fx = Fixture::new();
+    let mut names = Vec::new();
+    for v in 1..=3 {
+        fx.deploy(&manifest(&fx, v, "")).ok();
+        names.push(live(&fx));
+    }
+    let dest = fx.dest().display().to_string();
+    stretcher(&fx, &["rollback", "--dest", &dest, "--to", &names[0]]).ok();
+    fx.deploy(&manifest(&fx, 4, "")).ok();
+    stretcher(&fx, &["rollback", "--dest", &dest]).ok();
+    assert_eq!(live(&fx), names[0], "back to v1, which v4 replaced");
+    // And from there, to what v1 replaced: nothing (it was first).
+    let err = stretcher(&fx, &["rollback", "--dest", &dest]).failed();
+    assert!(err.contains("nothing to roll back to"), "{err}");
+}
+
+/// Every release rolled back from stays refused, whichever spelling of
+/// dest the rollback was given; `stretcher status` shows the rollbacks.
+#[test]
+fn each_rollback_is_recorded_under_the_manifests_dest() {
+    let fx = Fixture::new();
+    let state = fx.path("state").display().to_string();
+    let flags = ["--state-dir", state.as_str()];
+    let mut urls = Vec::new();
+    for v in 1..=3 {
+        let url = fx.manifest(&manifest(&fx, v, ""));
+        fx.write(
+            &format!("m{v}.yml"),
+            std::fs::read(fx.path("manifest.yml")).unwrap(),
+        );
+        fx.run(&url, &flags, &[]).ok();
+        urls.push(fx.url(&format!("m{v}.yml")));
+    }
+    // Relative to the fixture (the agent's cwd), with a trailing slash.
+    stretcher(&fx, &["rollback", "--dest", "dest/", "--state-dir", &state]).ok();
+    stretcher(
+        &fx,
+        &["rollback", "--dest", "./dest", "--state-dir", &state],
+    )
+    .ok();
+    for url in &urls[1..] {
+        let log = fx.run(url, &flags, &[]).failed();
+        assert!(log.contains("was rolled back from release"), "{log}");
+    }
+    let status = stretcher(&fx, &["status", "--state-dir", &state]).stdout();
+    assert_eq!(status.matches("rollback:").count(), 2, "{status}");
+    assert_eq!(status.matches("  /").count(), 1, "one dest: {status}");
+    assert_eq!(std::fs::read(fx.dest().join("a")).unwrap(), b"version 1\n.");
+}
+
+#[test]
+fn a_dest_named_releases_is_refused_and_keep_releases_may_be_quoted() {
     let fx = Fixture::new();
     let data = app(1);
     fx.write("v1.tar", &data);
-    let other = fx.path("other");
-    fx.deploy(&format!(
-        "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: release\n",
-        fx.url("v1.tar"),
-        sha256(&data),
-        other.display()
-    ))
-    .ok();
-    for v in 2..=4 {
-        fx.deploy(&manifest(&fx, v, "keep_releases: 1\n")).ok();
-    }
-    assert_eq!(
-        std::fs::read(other.join("a")).unwrap(),
-        b"version 1\n.",
-        "the other dest's release is kept"
+    let log = fx
+        .deploy(&format!(
+            "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: release\n",
+            fx.url("v1.tar"),
+            sha256(&data),
+            fx.path("releases").display()
+        ))
+        .failed();
+    assert!(log.contains("name dest otherwise"), "{log}");
+    assert!(!fx.path("releases").exists());
+    fx.deploy(&manifest(&fx, 1, "keep_releases: \"1\"\n")).ok();
+    let log = fx
+        .deploy(&manifest(&fx, 2, "keep_releases: many\n"))
+        .failed();
+    assert!(
+        log.contains("expected a whole number, got \"many\""),
+        "{log}"
     );
-    assert_eq!(releases(&fx).len(), 3, "other's, dest's previous and live");
 }

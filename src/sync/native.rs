@@ -81,23 +81,31 @@ impl Strategy for Native {
             job.archive.display(),
             job.dest.display()
         );
-        stream(job, job.dest, excludes, None)
+        stream(job, job.dest, excludes, Target::Dest)
             .with_context(|| job.src.to_string())
             .at(Step::Sync)?;
         Ok(Leftovers::none())
     }
 }
 
-/// Streams the job's archive into `dest` (made when missing), leaving it
-/// exactly as `rsync -a --delete` would. With `link_from` (a tree from an
-/// earlier deploy, for a `dest` this run made), a file the archive has
-/// unchanged there, with the same size, mtime, mode and owner, is hard
-/// linked from it instead of written (`rsync --link-dest`).
+/// Where [`stream`] places the archive.
+pub(super) enum Target<'a> {
+    /// Into `dest` as it is: `rsync -a --delete`'s result.
+    Dest,
+    /// Into a new release dir: the tree rsync makes in an empty dest. A
+    /// file the earlier release (if any) has with the member's size, mtime,
+    /// mode and owner is hard linked from it instead of written (`rsync
+    /// --link-dest`); nothing else is ever changed there.
+    NewRelease(Option<&'a Path>),
+}
+
+/// Streams the job's archive into `dest` (made when missing), as `into`
+/// says.
 pub(super) fn stream(
     job: &Job<'_>,
     dest: &Path,
     excludes: Excludes,
-    link_from: Option<&Path>,
+    into: Target<'_>,
 ) -> Result<()> {
     // The free space that bounds the default size limit is dest's, or its
     // parent's while dest does not exist yet.
@@ -107,7 +115,9 @@ pub(super) fn stream(
     };
     let budget = Budget::new(job.max_size, on)?;
     let mut placer = Placer::new(dest, excludes, budget)?;
-    placer.link_from = link_from;
+    if let Target::NewRelease(live) = into {
+        placer.link_from = Some(live.unwrap_or(Path::new("")));
+    }
     archive::apply(job.archive, &mut placer, job.cancel)?;
     placer.place_deferred()?;
     if !placer.pending.is_empty() {
@@ -251,7 +261,8 @@ struct Placer<'a> {
     /// Whether dest exists (it is made on the first member, so an archive
     /// that is not a tar leaves no dest behind).
     dest_ready: bool,
-    /// Where unchanged files may be hard linked from (see [`stream`]).
+    /// Building a new release (see [`Target::NewRelease`]): where unchanged
+    /// files may be hard linked from (empty: nowhere).
     link_from: Option<&'a Path>,
     counts: Counts,
 }
@@ -711,7 +722,11 @@ impl<'a> Placer<'a> {
     /// and ours (a file of another user is never shared). Whether it did;
     /// a link that fails (another filesystem, too many links) is written.
     fn link(&mut self, rel: &Path, path: &Path, size: u64, want: &Wanted) -> bool {
-        let Some(from) = self.link_from.map(|dir| dir.join(rel)) else {
+        let Some(from) = self
+            .link_from
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(rel))
+        else {
             return false;
         };
         let Ok(meta) = fs::symlink_metadata(&from) else {
@@ -774,7 +789,11 @@ impl<'a> Placer<'a> {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Check::Differs(want)),
             Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
         };
-        if meta.is_file() && meta.len() == size && meta.mtime() == secs {
+        // In a new release, what is there is this run's (maybe a file
+        // shared with the live release): the later member is written, as
+        // rsync writes the final tree into an empty dest.
+        let passes = meta.is_file() && meta.len() == size && meta.mtime() == secs;
+        if passes && self.link_from.is_none() {
             self.counts.unchanged += 1;
             if FileTime::from_last_modification_time(&meta) != want.mtime {
                 self.kept.insert(rel.to_path_buf(), want.mtime);

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::native::{self, Native};
+use super::native::{self, Native, Target};
 use super::{Job, Leftovers, Settings, Strategy};
-use crate::releases::{Layout, BUILDING};
+use crate::releases::{Layout, Switch, BUILDING};
 use crate::scratch::ScratchDir;
 use crate::step::{interrupted, AtStep, Failure, Step};
 
@@ -67,7 +67,7 @@ impl Strategy for Release {
                 .map(|l| format!(", linking unchanged files from {}", l.display()))
                 .unwrap_or_default()
         );
-        native::stream(job, &tree, excludes, live.as_deref())
+        native::stream(job, &tree, excludes, Target::NewRelease(live.as_deref()))
             .with_context(|| job.src.to_string())
             .at(Step::Sync)?;
         interrupted(job.cancel).at(Step::Sync)?;
@@ -80,6 +80,12 @@ impl Strategy for Release {
         if let Err(e) = layout.switch(&name) {
             let _ = crate::scratch::remove_tree(&dir);
             return Err(e).at(Step::Sync);
+        }
+        if let Err(e) = layout.note(Switch::Deploy, previous.as_deref(), &name) {
+            log::info!(
+                "could not note the switch in {}: {e:#}",
+                layout.dir.display()
+            );
         }
         log::info!(
             "Switched {} to releases/{name}{}",
