@@ -32,11 +32,13 @@ dist:
 	sh scripts/dist.sh
 
 ## deb: target/dist/stretcher_<version>-1_amd64.deb from dist's binary, with
-## cargo-deb (installed when missing) and [package.metadata.deb] in Cargo.toml
+## cargo-deb (installed when missing) and [package.metadata.deb] in Cargo.toml;
+## DEB_FLAGS go to cargo-deb (e.g. --maintainer "Ops <ops@example.com>")
 DEB := target/dist/stretcher_$(VERSION)-1_amd64.deb
+DEB_FLAGS ?=
 deb: dist
 	cargo deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
-	sh scripts/deb.sh $(DIST_BIN) $(DEB)
+	sh scripts/deb.sh $(DIST_BIN) $(DEB) $(DEB_FLAGS)
 	@ls -l $(DEB)
 
 ## walkthrough: examples/walkthrough/walkthrough.sh with the release binary:
