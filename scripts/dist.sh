@@ -11,7 +11,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 triple=x86_64-unknown-linux-gnu
-glibc=2.17
+# The oldest glibc the binary must run on: the one the .deb's Depends names
+# in Cargo.toml ([package.metadata.deb]), so the two cannot disagree.
+glibc=$(sed -n 's/^depends = "libc6 (>= \([0-9.]*\))"$/\1/p' Cargo.toml)
+if [ -z "$glibc" ]; then
+    echo "dist: no 'depends = \"libc6 (>= X)\"' in Cargo.toml" >&2
+    exit 1
+fi
 venv=target/dist-venv
 ziglang=${ZIGLANG_VERSION:-0.15.2}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
@@ -34,13 +40,9 @@ CARGO_ZIGBUILD_PYTHON_PATH=$(pwd)/$venv/bin/python
 export CARGO_ZIGBUILD_PYTHON_PATH
 cargo zigbuild --release --locked --target "$triple.$glibc"
 
-# The newest glibc symbol version the binary needs must not pass 2.17, or
+# The newest glibc symbol version the binary needs must not pass $glibc, or
 # it would not start on the oldest hosts.
-need=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -u -V | tail -n 1)
-if [ -z "$need" ]; then
-    echo "dist: no GLIBC_ symbol versions in $bin (objdump -T); not a glibc binary?" >&2
-    exit 1
-fi
+need=$(sh scripts/glibc-needed.sh "$bin")
 newest=$(printf '%s\n%s\n' "$need" "$glibc" | sort -V | tail -n 1)
 if [ "$newest" != "$glibc" ]; then
     echo "dist: $bin needs glibc $need, above $glibc" >&2

@@ -35,7 +35,8 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// The package, built once per test run into cargo's scratch dir for
-/// integration tests (replaced on the next run, never left in /tmp).
+/// integration tests (replaced on the next run, never left in /tmp), from
+/// a stripped copy of the binary under test, `<dir>/stretcher`.
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
@@ -43,13 +44,22 @@ fn deb() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let deb = dir.join("stretcher.deb");
-        // --fast: lighter xz compression; the contents are the same.
+        // The package takes the binary as given; a release build comes
+        // stripped, the test build is stripped here.
+        run(Command::new("strip")
+            .arg("-o")
+            .arg(dir.join("stretcher"))
+            .arg(bin()));
+        // --fast: lighter xz compression; the contents are the same. The
+        // debug build needs this machine's glibc, newer than the package's
+        // Depends: allowed here (see the refusal test below).
         run(Command::new("sh")
             .arg(repo().join("scripts/deb.sh"))
-            .arg(bin())
+            .arg(dir.join("stretcher"))
             .arg(&deb)
             .arg("--fast")
-            .env("TMPDIR", &dir));
+            .env("TMPDIR", &dir)
+            .env("STRETCHER_DEB_ANY_GLIBC", "1"));
         assert!(deb.is_file(), "scripts/deb.sh wrote no {}", deb.display());
         deb
     })
@@ -130,9 +140,43 @@ fn the_package_holds_the_binary_man_page_completions_examples_and_copyright() {
     assert_eq!(fields.get("Version"), Some(&version.as_str()), "{fields:?}");
     assert_eq!(fields.get("Architecture"), Some(&"amd64"), "{fields:?}");
     assert_eq!(fields.get("Section"), Some(&"admin"), "{fields:?}");
-    // dpkg-shlibdeps read the binary's needs: glibc at least.
-    let depends = fields.get("Depends").copied().unwrap_or_default();
-    assert!(depends.contains("libc6 (>= "), "Depends: {depends:?}");
+    // The glibc `make dist` builds for, which scripts/dist.sh checks.
+    assert_eq!(
+        fields.get("Depends"),
+        Some(&"libc6 (>= 2.17)"),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn a_binary_needing_a_newer_glibc_than_the_package_promises_is_refused() {
+    // The test build links against this machine's glibc (2.34 or newer
+    // here): checked first, so the refusal below is the script's doing.
+    let need = run(Command::new("sh")
+        .arg(repo().join("scripts/glibc-needed.sh"))
+        .arg(bin()));
+    let need: Vec<u32> = need.trim().split('.').map(|n| n.parse().unwrap()).collect();
+    assert!(need > vec![2, 17], "the test build needs glibc {need:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let deb = dir.path().join("refused.deb");
+    let out = Command::new("sh")
+        .arg(repo().join("scripts/deb.sh"))
+        .arg(bin())
+        .arg(&deb)
+        .env("TMPDIR", dir.path())
+        .env_remove("STRETCHER_DEB_ANY_GLIBC")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("but the package depends on libc6 (>= 2.17): package make dist's binary"),
+        "{err}"
+    );
+    assert!(!deb.exists());
+    // Nothing staged is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]
@@ -147,14 +191,15 @@ fn the_unpacked_package_runs_and_carries_the_generated_and_example_files() {
         version,
         format!("stretcher {}\n", env!("CARGO_PKG_VERSION"))
     );
-    // It is the binary under test, stripped: the test build carries debug
-    // info (checked, so this cannot pass by accident), the package does not.
-    let sections = |p: &Path| run(Command::new("objdump").arg("-h").arg(p));
-    assert!(sections(Path::new(bin())).contains(".debug_info"));
-    assert!(!sections(&packaged).contains(".debug_info"));
-    assert!(!sections(&packaged).contains(".symtab"));
-    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
-    assert!(size(&packaged) < size(Path::new(bin())));
+    // It is the binary it was given, byte for byte (as `make deb` packages
+    // the tarball's binary): the stripped copy of the binary under test.
+    let given = deb().with_file_name("stretcher");
+    assert!(
+        std::fs::read(&packaged).unwrap() == std::fs::read(&given).unwrap(),
+        "{} is not {}",
+        packaged.display(),
+        given.display()
+    );
 
     // The man page and completions are what the binary generates.
     let man = gunzip(&usr.join("share/man/man1/stretcher.1.gz"));

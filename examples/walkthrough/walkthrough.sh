@@ -176,7 +176,7 @@ for n in 1 2; do
     (cd "$home" && APP_DEST="$home/app" exec serf agent -node="serf-$n" \
         -bind="$bind" -rpc-addr="$rpc" -log-level=warn \
         -event-handler="user:deploy=$handler" \
-        -event-handler="query:deploy=$handler" $join) \
+        -event-handler="query:deploy=$handler" ${join:+"$join"}) \
         >"$home/serf.log" 2>&1 </dev/null &
     pids="$pids $!"
     wait_for 20 serf members -rpc-addr="$rpc"
