@@ -1,6 +1,6 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo bench fuzz man assets clean
+.PHONY: build release test deps demo bench fuzz man assets dist deb walkthrough clean
 
 build:
 	$(CARGO) build
@@ -10,8 +10,8 @@ release:
 
 ## man: the man page, generated from the release binary's flags, in
 ## target/assets/stretcher.1 (`man -l target/assets/stretcher.1`)
-## assets: the man page and bash, zsh and fish completions in target/assets,
-## where packages take them from
+## assets: the man page and bash, zsh and fish completions in target/assets
+## (scripts/assets.sh; dist and deb generate the same files the same way)
 ASSETS := target/assets
 STRETCHER_BIN ?= target/release/stretcher
 man: release
@@ -19,11 +19,34 @@ man: release
 	$(STRETCHER_BIN) man > $(ASSETS)/stretcher.1.tmp
 	mv $(ASSETS)/stretcher.1.tmp $(ASSETS)/stretcher.1
 
-assets: man
-	mkdir -p $(ASSETS)/completions
-	$(STRETCHER_BIN) completions bash > $(ASSETS)/completions/stretcher.bash
-	$(STRETCHER_BIN) completions zsh > $(ASSETS)/completions/_stretcher
-	$(STRETCHER_BIN) completions fish > $(ASSETS)/completions/stretcher.fish
+assets: release
+	sh scripts/assets.sh $(STRETCHER_BIN) $(ASSETS)
+
+## dist: the release binary built against glibc 2.17 with cargo-zigbuild
+## (zig from PyPI into target/dist-venv, cargo-zigbuild from crates.io, both
+## installed when missing), checked with objdump -T, and
+## target/dist/stretcher-<version>-x86_64-linux-gnu.tar.gz plus its .sha256
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+DIST_BIN := target/x86_64-unknown-linux-gnu/release/stretcher
+dist:
+	sh scripts/dist.sh
+
+## deb: target/dist/stretcher_<version>-1_amd64.deb from dist's binary, with
+## cargo-deb (installed when missing) and [package.metadata.deb] in Cargo.toml;
+## DEB_FLAGS go to cargo-deb (e.g. --maintainer "Ops <ops@example.com>")
+DEB := target/dist/stretcher_$(VERSION)-1_amd64.deb
+DEB_FLAGS ?=
+deb: dist
+	cargo deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+	sh scripts/deb.sh $(DIST_BIN) $(DEB) $(DEB_FLAGS)
+	@ls -l $(DEB)
+
+## walkthrough: examples/walkthrough/walkthrough.sh with the release binary:
+## an archive, a signed manifest on a local HTTP server, deploys by hand,
+## by Serf agents and by a Consul event, then the reports and status
+walkthrough: release
+	sh scripts/test-deps.sh walkthrough
+	sh examples/walkthrough/walkthrough.sh target/release/stretcher
 
 ## deps: install what the tests run for real (rsync, serf, bsdtar; moto and
 ## fake-gcs-server into target/test-venv), when missing

