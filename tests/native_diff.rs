@@ -505,7 +505,7 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
 
     // The starting dest: a tree deployed with rsync, plus files of its own.
     let v1 = g.tree();
-    let (tar1, _) = archive(&mut g, &v1, false);
+    let (tar1, explicit1) = archive(&mut g, &v1, false);
     let base = dir.join("base");
     std::fs::write(dir.join("v1.tar"), &tar1).unwrap();
     place(
@@ -587,6 +587,7 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
     never.excludes.push("never\u{1}matches".into());
     let by_rsync = place("rsync", &tar2_path, &with_rsync, &never, dest_mode);
     let by_native = place("native", &tar2_path, &with_native, &settings, dest_mode);
+    let fresh = (by_rsync.clone(), with_rsync.clone());
     let outcome = Outcome {
         by_rsync,
         by_native,
@@ -595,8 +596,141 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
         excluding,
     };
     outcome.compare(&explicit, &format!("{describe}, into a missing dest"))?;
+    release_case(
+        &dir,
+        &tar2_path,
+        &settings,
+        dest_mode,
+        (&explicit1, &explicit),
+        (fresh.0, &fresh.1),
+    )
+    .map_err(|e| format!("{describe}, release: {e}"))?;
     if std::env::var_os("DIFF_KEEP").is_none() {
         crate_remove(&dir);
+    }
+    Ok(())
+}
+
+/// `sync_strategy: release`: v1 then v2, each a new release beside
+/// `current`. v2's release must be what real rsync makes of the extracted
+/// tree in an empty dir with `--link-dest` at v1's release (so unchanged
+/// files are shared, as rsync's quick check judges them), and building it
+/// must change nothing in v1's release. `fresh` is rsync's result for v2
+/// into a missing dest: the two fail on the same archives.
+fn release_case(
+    dir: &Path,
+    v2: &Path,
+    settings: &Settings,
+    dest_mode: u32,
+    explicit: (&BTreeSet<String>, &BTreeSet<String>),
+    fresh: (Result<(), String>, &Path),
+) -> Result<(), String> {
+    let (fresh, fresh_dir) = fresh;
+    let current = dir.join("rel").join("current");
+    std::fs::create_dir(dir.join("rel")).unwrap();
+    let v1 = dir.join("v1.tar");
+    place("release", &v1, &current, &Settings::default(), dest_mode)
+        .map_err(|e| format!("deploying v1 failed: {e}"))?;
+    let v1_release = std::fs::canonicalize(&current).unwrap();
+    let unlinked = |dir: &Path, explicit: &BTreeSet<String>| {
+        let mut seen = snapshot(dir, explicit);
+        seen.values_mut().for_each(|s| s.nlink = 0);
+        seen
+    };
+    let before = unlinked(&v1_release, explicit.0);
+    let reference = dir.join("link-dest");
+    if fresh.is_ok() {
+        link_dest(dir, v2, settings, dest_mode, &v1_release, &reference)?;
+    }
+    let by_release = place("release", v2, &current, settings, dest_mode);
+    if unlinked(&v1_release, explicit.0) != before {
+        return Err("building v2 changed v1's release".into());
+    }
+    let excluding = !(settings.excludes.is_empty() && settings.exclude_from.is_empty());
+    match (&fresh, &by_release) {
+        (Err(_), Err(_)) => Ok(()),
+        (Err(e), Ok(())) if e.contains("hard link") && excluding => Ok(()),
+        (Ok(()), Ok(())) => {
+            let live = std::fs::canonicalize(&current).unwrap();
+            if live == v1_release {
+                return Err("dest still points to v1".into());
+            }
+            // rsync --link-dest hard links symlinks too; release makes new
+            // ones. And rsync links a file whose mtime matches to the second
+            // only (then it keeps the older nanoseconds), where release
+            // writes the member: such a file must be what rsync writes into
+            // a missing dest.
+            let files_only = |dir: &Path| {
+                let mut seen = snapshot(dir, explicit.1);
+                for s in seen.values_mut().filter(|s| s.kind == "symlink") {
+                    s.nlink = 0;
+                }
+                seen
+            };
+            let (a, b) = (files_only(&reference), files_only(&live));
+            let fresh = files_only(fresh_dir);
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let diffs: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .filter(|k| {
+                    let written = b.get(*k).is_some_and(|s| s.nlink == 1);
+                    !(written
+                        && a.get(*k).is_some_and(|s| s.nlink > 1)
+                        && fresh.get(*k) == b.get(*k))
+                })
+                .map(|k| {
+                    format!(
+                        "  {k:?}\n    rsync:   {:?}\n    release: {:?}",
+                        a.get(k),
+                        b.get(k)
+                    )
+                })
+                .collect();
+            if !diffs.is_empty() {
+                return Err(format!("trees differ\n{}", diffs.join("\n")));
+            }
+            Ok(())
+        }
+        (rsync, release) => Err(format!("rsync {rsync:?}, release {release:?}")),
+    }
+}
+
+/// `rsync -a --delete --link-dest=<link_dest>` of the archive `tar`,
+/// extracted, into the new dir `to`, with the strategy's excludes.
+fn link_dest(
+    dir: &Path,
+    tar: &Path,
+    settings: &Settings,
+    dest_mode: u32,
+    link_dest: &Path,
+    to: &Path,
+) -> Result<(), String> {
+    let tree = dir.join("v2-tree");
+    place("mv", tar, &tree, &Settings::default(), dest_mode)
+        .map_err(|e| format!("extracting v2 failed: {e}"))?;
+    let mut rsync = Command::new("rsync");
+    rsync.args(["-a", "--delete"]);
+    rsync.arg(format!("--link-dest={}", link_dest.display()));
+    if !settings.exclude_from.is_empty() {
+        rsync.arg(format!(
+            "--exclude-from={}",
+            tree.join(&settings.exclude_from).display()
+        ));
+    }
+    for x in &settings.excludes {
+        rsync.arg(format!("--exclude={x}"));
+    }
+    let out = rsync
+        .arg(format!("{}/", tree.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(format!(
+            "rsync --link-dest failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(())
 }

@@ -530,7 +530,7 @@ impl<'a> Placer<'a> {
             Check::Differs(want) => (want, false),
             Check::Vacant(want) => (want, true),
         };
-        if vacant && self.link(rel, path, size, &want) {
+        if self.link(rel, path, size, &want, vacant)? {
             return Ok(());
         }
         self.budget.charge(m.size, &m.name)?;
@@ -597,6 +597,9 @@ impl<'a> Placer<'a> {
             // The quick check left dest's file there, whose bytes may not
             // be the member's: rsync copies the member's.
             self.defer_link(m, rel);
+            return Ok(());
+        }
+        if self.link(rel, path, meta.len(), &want, vacant)? {
             return Ok(());
         }
         self.budget.charge(meta.len(), &m.name)?;
@@ -719,18 +722,26 @@ impl<'a> Placer<'a> {
 
     /// Hard links `path` to the same file in `link_from` when that one is
     /// a regular file with exactly the wanted size, mtime, mode and owner,
-    /// and ours (a file of another user is never shared). Whether it did;
-    /// a link that fails (another filesystem, too many links) is written.
-    fn link(&mut self, rel: &Path, path: &Path, size: u64, want: &Wanted) -> bool {
+    /// and ours (a file of another user is never shared), in place of
+    /// what is at `path` (nothing, when `vacant`). Whether it did; a link
+    /// that fails (another filesystem, too many links) is written instead.
+    fn link(
+        &mut self,
+        rel: &Path,
+        path: &Path,
+        size: u64,
+        want: &Wanted,
+        vacant: bool,
+    ) -> Result<bool> {
         let Some(from) = self
             .link_from
             .filter(|dir| !dir.as_os_str().is_empty())
             .map(|dir| dir.join(rel))
         else {
-            return false;
+            return Ok(false);
         };
         let Ok(meta) = fs::symlink_metadata(&from) else {
-            return false;
+            return Ok(false);
         };
         let same = meta.is_file()
             && meta.len() == size
@@ -738,11 +749,24 @@ impl<'a> Placer<'a> {
             && meta.mode() & 0o7777 == want.mode
             && !want.owner.differs(&meta)
             && want.owner.uid.unwrap_or(self.ids.0) == meta.uid();
-        if same && fs::hard_link(&from, path).is_ok() {
-            self.counts.linked += 1;
-            return true;
+        if !same {
+            return Ok(false);
         }
-        false
+        if vacant {
+            if fs::hard_link(&from, path).is_err() {
+                return Ok(false);
+            }
+        } else {
+            // An earlier member at the same path: replaced as a write would.
+            let temp = TempName::beside(path)?;
+            if fs::hard_link(&from, &temp.0).is_err() {
+                return Ok(false);
+            }
+            self.rename_over(rel, path, temp)?;
+            self.written.insert(rel.to_path_buf());
+        }
+        self.counts.linked += 1;
+        Ok(true)
     }
 
     /// rsync's quick check, against what dest held before this run: a
@@ -1143,21 +1167,39 @@ impl Placer<'_> {
             Captured::File(temp, want, size) => {
                 match self.quick_check(&p.rel, &path, size, want)? {
                     Check::Same(meta, want) => fix_in_place(&path, meta, &want),
-                    Check::Differs(want) | Check::Vacant(want) => {
-                        if want.owner.differs(&fs::symlink_metadata(&temp.0)?) {
-                            want.owner.set(&temp.0)?;
-                        }
-                        fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode))
-                            .context("chmod")?;
-                        archive::set_mtime(&temp.0, want.mtime).context("setting mtime")?;
-                        self.rename_over(&p.rel, &path, temp)?;
-                        self.counts.written += 1;
-                        Ok(())
-                    }
+                    Check::Differs(want) => self.place_temp(&p.rel, &path, temp, &want, false),
+                    Check::Vacant(want) => self.place_temp(&p.rel, &path, temp, &want, true),
                 }
             }
         }
         .with_context(|| format!("placing {} at {}", p.name, path.display()))
+    }
+}
+
+impl Placer<'_> {
+    /// Gives the captured file `temp` the wanted metadata and renames it
+    /// to `path` (in a new release, links the earlier release's file
+    /// there instead when it has exactly that).
+    fn place_temp(
+        &mut self,
+        rel: &Path,
+        path: &Path,
+        temp: TempName,
+        want: &Wanted,
+        vacant: bool,
+    ) -> Result<()> {
+        let size = fs::symlink_metadata(&temp.0)?.len();
+        if self.link(rel, path, size, want, vacant)? {
+            return Ok(());
+        }
+        if want.owner.differs(&fs::symlink_metadata(&temp.0)?) {
+            want.owner.set(&temp.0)?;
+        }
+        fs::set_permissions(&temp.0, fs::Permissions::from_mode(want.mode)).context("chmod")?;
+        archive::set_mtime(&temp.0, want.mtime).context("setting mtime")?;
+        self.rename_over(rel, path, temp)?;
+        self.counts.written += 1;
+        Ok(())
     }
 }
 
