@@ -206,8 +206,7 @@ async fn run_logged(
 /// to that dest again by a replayed or repeated event: only with `--force`
 /// (or after another archive was deployed there).
 fn not_rolled_back(state: &StateDir, m: &Manifest) -> Result<(), Failure> {
-    let record = state.dest_record(&m.dest).at(Step::Validate)?;
-    let rolled_back = record.map(|r| r.rolled_back).unwrap_or_default();
+    let rolled_back = state.rollbacks(&m.dest).at(Step::Validate)?;
     let Some(rb) = rolled_back.iter().find(|rb| rb.is_of(&m.checksum)) else {
         return Ok(());
     };

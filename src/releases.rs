@@ -73,11 +73,10 @@ impl Layout {
         if self.dest.file_name() == Some(std::ffi::OsStr::new("releases")) {
             bail!("dest {d}: sync_strategy release keeps its releases in a dir named releases beside dest; name dest otherwise (current)");
         }
-        let name = self.dest.file_name().unwrap_or_default();
-        if let Some(other) = self.links_into_releases().find(|(link, _)| link != name) {
+        if let Some(other) = self.other_release_dest() {
             bail!(
                 "dest {d}: {} beside it already points into {}: give each release dest a directory of its own",
-                self.parent.join(other.0).display(),
+                self.parent.join(other).display(),
                 self.dir.display()
             );
         }
@@ -239,6 +238,25 @@ impl Layout {
             })
     }
 
+    /// Another release dest beside this one: a symlink (not hidden, so not
+    /// a switch's temp link) whose own target is `releases/<name>`, as this
+    /// agent writes them. An alias of dest (`app -> current`) is not one.
+    fn other_release_dest(&self) -> Option<std::ffi::OsString> {
+        let name = self.dest.file_name()?;
+        let entries = fs::read_dir(&self.parent).ok()?;
+        entries.flatten().map(|e| e.file_name()).find(|link| {
+            let target = fs::read_link(self.parent.join(link));
+            link != name
+                && !link.as_encoded_bytes().starts_with(b".")
+                && target.is_ok_and(|t| {
+                    t.parent() == Some(Path::new("releases"))
+                        && t.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(is_release_name)
+                })
+        })
+    }
+
     /// Removes what a killed run left: release dirs half built or half
     /// removed, and a switch's temp symlink.
     pub fn remove_unfinished(&self) {
@@ -266,7 +284,8 @@ impl Layout {
     /// `releases/.history`, which keeps the last few hundred.
     pub fn note(&self, how: Switch, from: Option<&str>, to: &str) -> Result<()> {
         let path = self.dir.join(HISTORY);
-        let old = fs::read_to_string(&path).unwrap_or_default();
+        let old = fs::read(&path).unwrap_or_default();
+        let old = String::from_utf8_lossy(&old);
         let mut lines: Vec<&str> = old.lines().collect();
         let skip = lines.len().saturating_sub(HISTORY_LINES - 1);
         lines.drain(..skip);
@@ -287,7 +306,8 @@ impl Layout {
     /// The release that `name` replaced when a deploy made it live, if the
     /// history has it and it is still there.
     fn replaced_by(&self, name: &str) -> Option<String> {
-        let history = fs::read_to_string(self.dir.join(HISTORY)).ok()?;
+        let history = fs::read(self.dir.join(HISTORY)).ok()?;
+        let history = String::from_utf8_lossy(&history);
         let from = history.lines().rev().find_map(|line| {
             let mut words = line.split(' ').skip(1);
             let (how, from, to) = (words.next()?, words.next()?, words.next()?);
@@ -435,6 +455,11 @@ pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Resu
     if live.as_deref() == Some(target.as_str()) {
         bail!("{} already points to {target}", layout.dest.display());
     }
+    // A state dir that cannot be written fails the rollback before it
+    // switches anything.
+    if let Some(state) = state {
+        state.check_writable()?;
+    }
     layout.switch(&target)?;
     log::info!(
         "Rolled back {} from {} to {target}",
@@ -448,43 +473,10 @@ pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Resu
         );
     }
     if let (Some(state), Some(from)) = (state, &live) {
-        let key = same_dest_key(state, &layout.dest)?;
-        match key {
-            Some(key) => {
-                state.record_rollback(&key, from, &target)?;
-                log::info!("Recorded the rollback in {}", state.path().display());
-            }
-            None => log::info!(
-                "no deploy to {} is recorded in {}: the rollback is not recorded",
-                layout.dest.display(),
-                state.path().display()
-            ),
-        }
+        state.record_rollback(&layout.dest, from, &target)?;
+        log::info!("Recorded the rollback in {}", state.path().display());
     }
     Ok(())
-}
-
-/// The state dir's key for `dest`: the dest of a recorded deploy that
-/// names the same symlink, however it was spelled.
-fn same_dest_key(state: &StateDir, dest: &Path) -> Result<Option<String>> {
-    let want = physical(dest);
-    let dests = crate::state::read_dests(state.path())?;
-    Ok(dests.into_keys().find(|k| physical(Path::new(k)) == want))
-}
-
-/// `dest` with its parent resolved to one physical path (the symlink
-/// itself is not followed).
-fn physical(dest: &Path) -> PathBuf {
-    let text = dest.to_string_lossy();
-    let dest = Path::new(text.trim_end_matches('/'));
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match (parent.canonicalize(), dest.file_name()) {
-        (Ok(p), Some(name)) => p.join(name),
-        _ => dest.to_path_buf(),
-    }
 }
 
 #[cfg(test)]

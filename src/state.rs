@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Source, System};
@@ -267,30 +267,76 @@ impl StateDir {
         let data = serde_json::to_vec_pretty(&state)?;
         write_atomic(&self.dir.join(FILE), &data, 0o600)
     }
-}
 
-impl StateDir {
     /// The state dir's path.
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
-    /// Adds a rollback of the recorded `dest` from release `from` to `to`
-    /// to its record.
-    pub fn record_rollback(&self, dest: &str, from: &str, to: &str) -> Result<()> {
+    /// Fails unless this run may take the state dir's lock and read the
+    /// state file (what recording needs), changing nothing.
+    pub fn check_writable(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        self.load().map(drop)
+    }
+
+    /// Adds a rollback of `dest` from release `from` to `to` to every
+    /// record of that dest, however its manifest spelled it (a trailing
+    /// `/`, a symlinked parent); without one, to a new record under its
+    /// physical path.
+    pub fn record_rollback(&self, dest: &Path, from: &str, to: &str) -> Result<()> {
         let _lock = self.lock()?;
         let mut state = self.load()?;
-        let record = state
-            .dests
-            .get_mut(dest)
-            .ok_or_else(|| anyhow!("no deploy to {dest} is recorded"))?;
-        record.rolled_back.push(RolledBack {
+        let rollback = RolledBack {
             from: from.to_string(),
             to: to.to_string(),
             at: chrono::Utc::now().to_rfc3339(),
-        });
+        };
+        let want = physical(dest);
+        let mut recorded = false;
+        for (key, record) in state.dests.iter_mut() {
+            if physical(Path::new(key)) == want {
+                record.rolled_back.push(rollback.clone());
+                recorded = true;
+            }
+        }
+        if !recorded {
+            let record = DestRecord {
+                rolled_back: vec![rollback],
+                ..DestRecord::default()
+            };
+            state.dests.insert(want.display().to_string(), record);
+        }
         let data = serde_json::to_vec_pretty(&state)?;
         write_atomic(&self.dir.join(FILE), &data, 0o600)
+    }
+
+    /// The rollbacks recorded for `dest`, under any spelling of it.
+    pub fn rollbacks(&self, dest: &str) -> Result<Vec<RolledBack>> {
+        let want = physical(Path::new(dest));
+        let state = self.load()?;
+        Ok(state
+            .dests
+            .into_iter()
+            .filter(|(key, _)| physical(Path::new(key)) == want)
+            .flat_map(|(_, record)| record.rolled_back)
+            .collect())
+    }
+}
+
+/// `dest` as one path however it is spelled: absolute, without a trailing
+/// `/`, its parent's symlinks resolved (dest itself, a symlink, is not
+/// followed).
+fn physical(dest: &Path) -> PathBuf {
+    let text = dest.to_string_lossy();
+    let dest = Path::new(text.trim_end_matches('/'));
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), dest.file_name()) {
+        (Ok(p), Some(name)) => p.join(name),
+        _ => std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf()),
     }
 }
 

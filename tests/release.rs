@@ -638,3 +638,45 @@ fn a_dest_named_releases_is_refused_and_keep_releases_may_be_quoted() {
         "{log}"
     );
 }
+
+/// A switch's temp symlink left by a killed run, and an alias of dest
+/// beside it, neither block a deploy or a rollback; the temp link goes.
+#[test]
+fn a_leftover_switch_link_and_an_alias_beside_dest_are_not_other_dests() {
+    let fx = Fixture::new();
+    fx.deploy(&manifest(&fx, 1, "")).ok();
+    let live_name = live(&fx);
+    let leftover = fx.path(".dest.switch.abc123");
+    std::os::unix::fs::symlink(format!("releases/{live_name}"), &leftover).unwrap();
+    std::os::unix::fs::symlink("dest", fx.path("app")).unwrap();
+    fx.deploy(&manifest(&fx, 2, "")).ok();
+    assert!(std::fs::symlink_metadata(&leftover).is_err(), "removed");
+    let dest = fx.dest().display().to_string();
+    stretcher(&fx, &["rollback", "--dest", &dest]).ok();
+    assert_eq!(std::fs::read(fx.path("app/a")).unwrap(), b"version 1\n.");
+}
+
+/// Manifests that spell dest differently (a trailing `/`) are one dest to
+/// the rollback record.
+#[test]
+fn a_rollback_guards_every_spelling_of_dest() {
+    let fx = Fixture::new();
+    let state = fx.path("state").display().to_string();
+    let flags = ["--state-dir", state.as_str()];
+    fx.run(&fx.manifest(&manifest(&fx, 1, "")), &flags, &[])
+        .ok();
+    let data = app(2);
+    fx.write("v2.tar", &data);
+    let v2 = format!(
+        "src: {}\nchecksum: {}\ndest: {}/\nsync_strategy: release\n",
+        fx.url("v2.tar"),
+        sha256(&data),
+        fx.dest().display()
+    );
+    let v2 = fx.manifest(&v2);
+    fx.run(&v2, &flags, &[]).ok();
+    let dest = fx.dest().display().to_string();
+    stretcher(&fx, &["rollback", "--dest", &dest, "--state-dir", &state]).ok();
+    let log = fx.run(&v2, &flags, &[]).failed();
+    assert!(log.contains("was rolled back from release"), "{log}");
+}
