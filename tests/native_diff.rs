@@ -656,10 +656,11 @@ fn release_case(
                 return Err("dest still points to v1".into());
             }
             // rsync --link-dest hard links symlinks too; release makes new
-            // ones. And rsync links a file whose mtime matches to the second
-            // only (then it keeps the older nanoseconds), where release
-            // writes the member: such a file must be what rsync writes into
-            // a missing dest.
+            // ones. Where release writes a file rsync takes from the older
+            // release (its mtime matches to the second only, or only its
+            // mode or owner differ: rsync links or copies the older bytes),
+            // the file must be the member, as rsync writes it into a
+            // missing dest.
             let files_only = |dir: &Path| {
                 let mut seen = snapshot(dir, explicit.1);
                 for s in seen.values_mut().filter(|s| s.kind == "symlink") {
@@ -675,9 +676,7 @@ fn release_case(
                 .filter(|k| a.get(*k) != b.get(*k))
                 .filter(|k| {
                     let written = b.get(*k).is_some_and(|s| s.nlink == 1);
-                    !(written
-                        && a.get(*k).is_some_and(|s| s.nlink > 1)
-                        && fresh.get(*k) == b.get(*k))
+                    !(written && fresh.get(*k) == b.get(*k))
                 })
                 .map(|k| {
                     format!(

@@ -680,3 +680,26 @@ fn a_rollback_guards_every_spelling_of_dest() {
     let log = fx.run(&v2, &flags, &[]).failed();
     assert!(log.contains("was rolled back from release"), "{log}");
 }
+
+/// A hard link to a file linked from the live release copies the member's
+/// bytes from the archive, not the live file's: the quick check (size and
+/// mtime) may pass on a file whose bytes changed, as rsync's does.
+#[test]
+fn a_hard_link_to_a_linked_file_gets_the_members_bytes() {
+    let fx = Fixture::new();
+    let rel = "sync_strategy: release\n";
+    let v1 = tar(&[Member::File("t", b"AAAA", 0o644)]);
+    fx.write("v1.tar", &v1);
+    fx.deploy(&manifest_for(&fx, &fx.url("v1.tar"), &sha256(&v1), rel))
+        .ok();
+    let v2 = tar(&[
+        Member::File("t", b"BBBB", 0o644),
+        Member::HardLink("h", "t"),
+    ]);
+    fx.write("v2.tar", &v2);
+    fx.deploy(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), rel))
+        .ok();
+    assert_eq!(std::fs::read(fx.dest().join("h")).unwrap(), b"BBBB");
+    // Same size and mtime: taken as unchanged and linked, as rsync would.
+    assert_eq!(std::fs::read(fx.dest().join("t")).unwrap(), b"AAAA");
+}

@@ -264,6 +264,8 @@ struct Placer<'a> {
     /// Building a new release (see [`Target::NewRelease`]): where unchanged
     /// files may be hard linked from (empty: nowhere).
     link_from: Option<&'a Path>,
+    /// Paths hard linked from `link_from`.
+    linked: HashSet<PathBuf>,
     counts: Counts,
 }
 
@@ -413,6 +415,7 @@ impl<'a> Placer<'a> {
             deferred: BTreeMap::new(),
             dest_ready: false,
             link_from: None,
+            linked: HashSet::new(),
             counts: Counts::default(),
         })
     }
@@ -593,9 +596,11 @@ impl<'a> Placer<'a> {
             Check::Differs(want) => (want, false),
             Check::Vacant(want) => (want, true),
         };
-        if !self.written.contains(target) && !self.in_fresh(target) {
-            // The quick check left dest's file there, whose bytes may not
-            // be the member's: rsync copies the member's.
+        let left = !self.written.contains(target) && !self.in_fresh(target);
+        if left || self.linked.contains(target) {
+            // The quick check left dest's file there, or it is linked from
+            // the live release: its bytes may not be the member's, which
+            // rsync copies.
             self.defer_link(m, rel);
             return Ok(());
         }
@@ -766,6 +771,7 @@ impl<'a> Placer<'a> {
             self.written.insert(rel.to_path_buf());
         }
         self.counts.linked += 1;
+        self.linked.insert(rel.to_path_buf());
         Ok(true)
     }
 
