@@ -38,6 +38,9 @@ if [ "$(printf '%s\n%s\n' "$need" "$glibc" | sort -V | tail -n 1)" != "$glibc" ]
 fi
 stage=$(mktemp -d "${TMPDIR:-/tmp}/stretcher-deb.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+# dash runs the EXIT trap on a signal only through an exit.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 mkdir "$stage/release"
 cp "$bin" "$stage/release/stretcher"
 sh scripts/assets.sh "$stage/release/stretcher" "$stage/release/assets"
@@ -47,4 +50,6 @@ sh scripts/assets.sh "$stage/release/stretcher" "$stage/release/assets"
 gzip -9n "$stage/release/assets/stretcher.1"
 # --no-strip: the binary goes in byte for byte as given (make dist's is
 # stripped by the release profile), the same file as in the tarball.
-CARGO_TARGET_DIR=$stage cargo deb --no-build --no-strip --output "$out" "$@"
+# Built in the stage dir, then moved: an interrupted run leaves no .deb.
+CARGO_TARGET_DIR=$stage cargo deb --no-build --no-strip --output "$stage/out.deb" "$@"
+mv "$stage/out.deb" "$out"

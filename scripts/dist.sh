@@ -10,6 +10,8 @@
 # the system Python) and cargo-zigbuild (`cargo install --locked`).
 set -eu
 cd "$(dirname "$0")/.."
+# python3-venv (for zig's venv) and binutils (objdump), when missing.
+sh scripts/test-deps.sh dist
 triple=x86_64-unknown-linux-gnu
 # The oldest glibc the binary must run on: the one the .deb's Depends names
 # in Cargo.toml ([package.metadata.deb]), so the two cannot disagree.

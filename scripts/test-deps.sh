@@ -8,6 +8,8 @@
 # Python.
 # `test-deps.sh demo`: only what make demo needs (rsync);
 # `test-deps.sh bench`: what make bench needs (no test servers);
+# `test-deps.sh dist`: what make dist needs (python3-venv for zig's venv,
+# binutils for objdump);
 # `test-deps.sh walkthrough`: what make walkthrough needs (rsync, serf,
 # minisign, python3).
 set -eu
@@ -23,6 +25,10 @@ case "$what" in
 bench)
     [ -x /usr/bin/time ] || missing="$missing time"
     need curl curl
+    ;;
+dist)
+    need objdump binutils
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
     ;;
 walkthrough)
     need serf serf

@@ -142,6 +142,16 @@ fn the_walkthrough_deploys_by_hand_by_serf_and_by_consul_event_and_shows_the_res
         assert!(serf.contains(&answer), "no {answer:?} in:\n{serf}");
     }
     assert!(serf.contains("Total Responses: 2"), "{serf}");
+    // The user event itself deployed on both agents, before the query.
+    let event_reports: Vec<Value> = serf
+        .lines()
+        .filter(|l| l.contains(r#""event_id":"serf deploy@"#))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(event_reports.len(), 2, "{serf}");
+    for r in &event_reports {
+        assert_eq!(r["result"], "success", "{r}");
+    }
 
     // 8: the Consul event deploys, and its replay is skipped.
     let consul = section(&out, "8. Deploy as consul watch does");

@@ -36,6 +36,10 @@ done
 if [ -n "${WALKTHROUGH_DIR:-}" ]; then
     work=$WALKTHROUGH_DIR
     mkdir -p "$work"
+    if [ -n "$(ls -A "$work")" ]; then
+        echo "WALKTHROUGH_DIR=$work is not empty: give a new or empty dir" >&2
+        exit 1
+    fi
     keep=yes
 else
     work=$(mktemp -d "${TMPDIR:-/tmp}/stretcher-walkthrough.XXXXXX")
@@ -188,10 +192,15 @@ wait_for 30 members_alive
 serf members -rpc-addr="$rpc1"
 echo "\$ serf event deploy $url"
 serf event -rpc-addr="$rpc1" deploy "$url"
-# Handlers run in the background of each agent; wait for both reports.
-wait_for 60 test -s "$work/hosts/serf-1/report.json"
-wait_for 60 test -s "$work/hosts/serf-2/report.json"
-echo "both agents ran their handler"
+# Handlers run in the background of each agent; wait until both reports
+# say the user event deployed.
+event_deployed() {
+    grep -q '"result":"success"' "$1" && grep -q '"event_id":"serf deploy@' "$1"
+}
+wait_for 60 event_deployed "$work/hosts/serf-1/report.json"
+wait_for 60 event_deployed "$work/hosts/serf-2/report.json"
+echo "both agents deployed the event:"
+cat "$work/hosts/serf-1/report.json" "$work/hosts/serf-2/report.json"
 # A query deploys too (already deployed: nothing changes) and every host
 # answers with one line: which host did what, from one command. serf query
 # collects answers until its timeout.
