@@ -114,10 +114,7 @@ pub(super) fn stream(
         false => dest.parent().unwrap_or(dest),
     };
     let budget = Budget::new(job.max_size, on)?;
-    let mut placer = Placer::new(dest, excludes, budget)?;
-    if let Target::NewRelease(live) = into {
-        placer.link_from = Some(live.unwrap_or(Path::new("")));
-    }
+    let mut placer = Placer::new(dest, excludes, budget, into)?;
     archive::apply(job.archive, &mut placer, job.cancel)?;
     placer.place_deferred()?;
     if !placer.pending.is_empty() {
@@ -212,8 +209,6 @@ struct Counts {
     written: u64,
     unchanged: u64,
     deleted: u64,
-    /// Hard linked from `link_from`.
-    linked: u64,
 }
 
 /// Places members into `dest`.
@@ -261,10 +256,9 @@ struct Placer<'a> {
     /// Whether dest exists (it is made on the first member, so an archive
     /// that is not a tar leaves no dest behind).
     dest_ready: bool,
-    /// Building a new release (see [`Target::NewRelease`]): where unchanged
-    /// files may be hard linked from (empty: nowhere).
-    link_from: Option<&'a Path>,
-    /// Paths hard linked from `link_from`.
+    /// Into dest, or into a new release (see [`Target`]).
+    into: Target<'a>,
+    /// Paths hard linked from the live release.
     linked: HashSet<PathBuf>,
     counts: Counts,
 }
@@ -381,7 +375,7 @@ impl Sink for Placer<'_> {
 }
 
 impl<'a> Placer<'a> {
-    fn new(dest: &'a Path, excludes: Excludes, budget: Budget) -> Result<Self> {
+    fn new(dest: &'a Path, excludes: Excludes, budget: Budget, into: Target<'a>) -> Result<Self> {
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
         let ids = unsafe { (libc::geteuid(), libc::getegid()) };
         let root = ids.0 == 0;
@@ -414,7 +408,7 @@ impl<'a> Placer<'a> {
             symlinks: HashSet::new(),
             deferred: BTreeMap::new(),
             dest_ready: false,
-            link_from: None,
+            into,
             linked: HashSet::new(),
             counts: Counts::default(),
         })
@@ -725,7 +719,12 @@ impl<'a> Placer<'a> {
         self.pending.insert(rel.to_path_buf(), link);
     }
 
-    /// Hard links `path` to the same file in `link_from` when that one is
+    /// Whether this run builds a new release.
+    fn new_release(&self) -> bool {
+        matches!(self.into, Target::NewRelease(_))
+    }
+
+    /// Hard links `path` to the same file in the live release when that one is
     /// a regular file with exactly the wanted size, mtime, mode and owner,
     /// and ours (a file of another user is never shared), in place of
     /// what is at `path` (nothing, when `vacant`). Whether it did; a link
@@ -738,13 +737,10 @@ impl<'a> Placer<'a> {
         want: &Wanted,
         vacant: bool,
     ) -> Result<bool> {
-        let Some(from) = self
-            .link_from
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(|dir| dir.join(rel))
-        else {
+        let Target::NewRelease(Some(live)) = self.into else {
             return Ok(false);
         };
+        let from = live.join(rel);
         let Ok(meta) = fs::symlink_metadata(&from) else {
             return Ok(false);
         };
@@ -770,7 +766,6 @@ impl<'a> Placer<'a> {
             self.rename_over(rel, path, temp)?;
             self.written.insert(rel.to_path_buf());
         }
-        self.counts.linked += 1;
         self.linked.insert(rel.to_path_buf());
         Ok(true)
     }
@@ -823,7 +818,7 @@ impl<'a> Placer<'a> {
         // shared with the live release): the later member is written, as
         // rsync writes the final tree into an empty dest.
         let passes = meta.is_file() && meta.len() == size && meta.mtime() == secs;
-        if passes && self.link_from.is_none() {
+        if passes && !self.new_release() {
             self.counts.unchanged += 1;
             if FileTime::from_last_modification_time(&meta) != want.mtime {
                 self.kept.insert(rel.to_path_buf(), want.mtime);
@@ -1027,11 +1022,11 @@ impl<'a> Placer<'a> {
             }
         }
         let c = &self.counts;
-        if self.link_from.is_some() {
+        if self.new_release() {
             log::info!(
                 "release: {} written, {} hard linked from the live release",
                 c.written,
-                c.linked
+                self.linked.len()
             );
         } else {
             log::info!(
@@ -1173,28 +1168,28 @@ impl Placer<'_> {
             Captured::File(temp, want, size) => {
                 match self.quick_check(&p.rel, &path, size, want)? {
                     Check::Same(meta, want) => fix_in_place(&path, meta, &want),
-                    Check::Differs(want) => self.place_temp(&p.rel, &path, temp, &want, false),
-                    Check::Vacant(want) => self.place_temp(&p.rel, &path, temp, &want, true),
+                    Check::Differs(want) => {
+                        self.place_temp(&p.rel, &path, temp, &want, size, false)
+                    }
+                    Check::Vacant(want) => self.place_temp(&p.rel, &path, temp, &want, size, true),
                 }
             }
         }
         .with_context(|| format!("placing {} at {}", p.name, path.display()))
     }
-}
 
-impl Placer<'_> {
-    /// Gives the captured file `temp` the wanted metadata and renames it
-    /// to `path` (in a new release, links the earlier release's file
-    /// there instead when it has exactly that).
+    /// Gives the captured file `temp` (`size` bytes) the wanted metadata
+    /// and renames it to `path` (in a new release, links the live
+    /// release's file there instead when it has exactly that).
     fn place_temp(
         &mut self,
         rel: &Path,
         path: &Path,
         temp: TempName,
         want: &Wanted,
+        size: u64,
         vacant: bool,
     ) -> Result<()> {
-        let size = fs::symlink_metadata(&temp.0)?.len();
         if self.link(rel, path, size, want, vacant)? {
             return Ok(());
         }
