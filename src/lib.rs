@@ -170,11 +170,8 @@ async fn run_logged(
     };
     let result = match refused {
         Some(failure) => Err(failure),
-        None => deploy(&manifest, config, &hooks, cancel, facts).await,
+        None => deploy(&manifest, config, &mut hooks, cancel, facts).await,
     };
-    if let Some(dir) = &facts.release {
-        hooks.env.push(("STRETCHER_RELEASE_DIR", dir.clone()));
-    }
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
@@ -206,13 +203,18 @@ async fn run_logged(
 /// to that dest again by a replayed or repeated event: only with `--force`
 /// (or after another archive was deployed there).
 fn not_rolled_back(state: &StateDir, m: &Manifest) -> Result<(), Failure> {
-    let rolled_back = state.rollbacks(&m.dest).at(Step::Validate)?;
-    let Some(rb) = rolled_back.iter().find(|rb| rb.is_of(&m.checksum)) else {
-        return Ok(());
-    };
     if m.src.is_empty() {
         return Ok(());
     }
+    let rolled_back = state.rollbacks(&m.dest).at(Step::Validate)?;
+    let ours = |rb: &&state::RolledBack| {
+        let sum = releases::checksum_prefix(&rb.from);
+        sum.zip(m.checksum.get(..8))
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+    };
+    let Some(rb) = rolled_back.iter().find(ours) else {
+        return Ok(());
+    };
     Err(anyhow!(
         "dest {} was rolled back from release {} to {} at {} (stretcher rollback): \
          not deploying that archive again; use --force to deploy it anyway",
@@ -284,7 +286,7 @@ async fn load_manifest(
 async fn deploy(
     m: &Manifest,
     config: &Config,
-    hooks: &Hooks<'_>,
+    hooks: &mut Hooks<'_>,
     cancel: &CancellationToken,
     facts: &mut Facts,
 ) -> Result<(), Failure> {
@@ -309,11 +311,8 @@ async fn deploy(
     digest::Verifier::new(&m.checksum).at(Step::Validate)?;
     strategy.check(Path::new(&m.dest)).at(Step::Validate)?;
 
-    // A release deploy replaces the `dest` symlink and prunes beside it:
-    // it locks the directory that holds them.
-    let switched = m.sync_strategy == "release";
     let lock = async {
-        match switched {
+        match strategy.switches_dest() {
             true => lock::acquire_switched(&m.dest, config.lock_timeout).await,
             false => lock::acquire(&m.dest, config.lock_timeout).await,
         }
@@ -357,15 +356,20 @@ async fn deploy(
     let leftovers = placed.await.at(Step::Sync)??;
     drop(shown);
     drop(download);
-    let mut env = hooks.env.clone();
+    // From here on the new release is live: post, success and failure
+    // hooks see it.
     if let Some(dir) = leftovers.release_dir() {
         facts.release = Some(dir.display().to_string());
-        env.push(("STRETCHER_RELEASE_DIR", dir.display().to_string()));
+        hooks
+            .env
+            .push(("STRETCHER_RELEASE_DIR", dir.display().to_string()));
     }
     interrupted(cancel).at(Step::Sync)?;
 
-    let post = Hooks { env, ..*hooks };
-    post.run(Phase::Post, &m.commands.post).await.at(Step::Post)
+    hooks
+        .run(Phase::Post, &m.commands.post)
+        .await
+        .at(Step::Post)
 }
 
 /// Runs blocking file work off the async workers.

@@ -53,16 +53,9 @@ async fn acquire_for(dest: &str, switched: bool, timeout: Option<Duration>) -> R
     loop {
         // Resolved every round: a run ahead of us may create dest or the
         // directories above it.
-        let dest = match (switched, shown.parent(), shown.file_name()) {
-            (true, Some(parent), Some(name)) => {
-                let parent = if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                };
-                resolve(parent).join(name)
-            }
-            _ => resolve(shown),
+        let dest = match switched {
+            true => resolve_link(shown),
+            false => resolve(shown),
         };
         match try_acquire(&dest, switched) {
             Attempt::Held(lock) => return Ok(lock),
@@ -167,6 +160,22 @@ fn locked(result: Result<(), TryLockError>) -> bool {
     !matches!(result, Err(TryLockError::WouldBlock))
 }
 
+/// `link` (a symlink, or where one goes) as one physical path, however it
+/// is written: its parent resolved as [`resolve`] does, `link` itself not
+/// followed, a trailing `/` ignored.
+pub fn resolve_link(link: &Path) -> PathBuf {
+    let text = link.to_string_lossy();
+    let link = Path::new(text.trim_end_matches('/'));
+    let parent = match link.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match link.file_name() {
+        Some(name) => resolve(parent).join(name),
+        None => resolve(link),
+    }
+}
+
 /// `dest` as one physical path, whichever way it is written: its longest
 /// existing prefix with symlinks resolved (a dest given through a symlink
 /// and by its real path lock the same directories), the rest as written.
@@ -201,6 +210,23 @@ mod tests {
         std::os::unix::fs::symlink(real.join("real"), real.join("link")).unwrap();
         assert_eq!(resolve(&real.join("link")), real.join("real"));
         assert_eq!(resolve(&real.join("link/a/app")), real.join("real/a/app"));
+    }
+
+    #[test]
+    fn a_link_resolves_its_parent_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(real.join("real/releases/r1")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("srv")).unwrap();
+        std::os::unix::fs::symlink("releases/r1", real.join("real/current")).unwrap();
+        let want = real.join("real/current");
+        assert_eq!(resolve_link(&real.join("srv/current")), want);
+        assert_eq!(resolve_link(&real.join("srv/current/")), want);
+        assert_eq!(resolve_link(&real.join("real/./current")), want);
+        assert_eq!(
+            resolve(&real.join("srv/current")),
+            real.join("real/releases/r1")
+        );
     }
 
     #[tokio::test]

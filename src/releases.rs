@@ -339,8 +339,21 @@ pub fn is_release_name(name: &str) -> bool {
     deployed_at(name).is_some()
 }
 
-/// The deploy time in a release name: `yyyymmddHHMMSS-xxxxxxxx[-n]`.
+/// The first 8 hex digits of the checksum in a release name.
+pub fn checksum_prefix(name: &str) -> Option<&str> {
+    parts(name).map(|(_, sum)| sum)
+}
+
+/// The deploy time in a release name.
 fn deployed_at(name: &str) -> Option<DateTime<Utc>> {
+    let (stamp, _) = parts(name)?;
+    let at = NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
+    Some(at.and_utc())
+}
+
+/// The time stamp and checksum digits of a release name,
+/// `yyyymmddHHMMSS-xxxxxxxx[-n]`; `None` for any other name.
+fn parts(name: &str) -> Option<(&str, &str)> {
     let (stamp, rest) = name.split_at_checked(14)?;
     let rest = rest.strip_prefix('-')?;
     let (sum, suffix) = rest.split_at_checked(8)?;
@@ -349,11 +362,9 @@ fn deployed_at(name: &str) -> Option<DateTime<Utc>> {
             .strip_prefix('-')
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     let sum_ok = sum.bytes().all(|b| b.is_ascii_hexdigit());
-    if !(suffix_ok && sum_ok && stamp.bytes().all(|b| b.is_ascii_digit())) {
-        return None;
-    }
-    let at = NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
-    Some(at.and_utc())
+    let stamp_ok = stamp.bytes().all(|b| b.is_ascii_digit())
+        && NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").is_ok();
+    (suffix_ok && sum_ok && stamp_ok).then_some((stamp, sum))
 }
 
 /// Bytes in the regular files under `dir`.
@@ -487,6 +498,11 @@ mod tests {
     fn only_names_this_agent_gives_are_releases() {
         assert!(is_release_name("20261201123456-0123abcd"));
         assert!(is_release_name("20261201123456-0123abcd-2"));
+        assert_eq!(
+            checksum_prefix("20261201123456-0123abcd-2"),
+            Some("0123abcd")
+        );
+        assert_eq!(checksum_prefix("shared"), None);
         for name in [
             "20261201123456-0123",
             "20261201123456-1",

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Source, System};
+use crate::lock::resolve_link;
 
 const FILE: &str = "state.json";
 const LOCK: &str = "state.lock";
@@ -147,24 +148,13 @@ pub struct DestRecord {
 /// A rollback of a release-managed dest (SPEC 8.2).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RolledBack {
-    /// The release rolled back from (its name ends with the first 8 of
-    /// its archive's checksum).
+    /// The release rolled back from (its name holds the first 8 of its
+    /// archive's checksum).
     pub from: String,
     /// The release now live.
     pub to: String,
     /// RFC 3339 time of the rollback.
     pub at: String,
-}
-
-impl RolledBack {
-    /// Whether the archive with `checksum` is the one rolled back from.
-    pub fn is_of(&self, checksum: &str) -> bool {
-        let sum = self.from.get(15..23).unwrap_or_default();
-        sum.len() == 8
-            && checksum
-                .get(..8)
-                .is_some_and(|c| c.eq_ignore_ascii_case(sum))
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -256,14 +246,22 @@ impl StateDir {
     /// to read, change and write the state file, so none loses another's
     /// record; the write is atomic (a temp file renamed over the old one).
     pub fn record(&self, source: Option<&Source>, dest: &str, record: DestRecord) -> Result<()> {
+        self.update(|state| {
+            if let Some(source) = source {
+                state.events.entry(key(source)).or_default().note(source);
+            }
+            if !dest.is_empty() {
+                state.dests.insert(dest.to_string(), record);
+            }
+        })
+    }
+
+    /// Reads, changes and writes the state file under the state dir's
+    /// lock, so no run loses another's change; the write is atomic.
+    fn update(&self, change: impl FnOnce(&mut State)) -> Result<()> {
         let _lock = self.lock()?;
         let mut state = self.load()?;
-        if let Some(source) = source {
-            state.events.entry(key(source)).or_default().note(source);
-        }
-        if !dest.is_empty() {
-            state.dests.insert(dest.to_string(), record);
-        }
+        change(&mut state);
         let data = serde_json::to_vec_pretty(&state)?;
         write_atomic(&self.dir.join(FILE), &data, 0o600)
     }
@@ -285,58 +283,40 @@ impl StateDir {
     /// `/`, a symlinked parent); without one, to a new record under its
     /// physical path.
     pub fn record_rollback(&self, dest: &Path, from: &str, to: &str) -> Result<()> {
-        let _lock = self.lock()?;
-        let mut state = self.load()?;
         let rollback = RolledBack {
             from: from.to_string(),
             to: to.to_string(),
             at: chrono::Utc::now().to_rfc3339(),
         };
-        let want = physical(dest);
-        let mut recorded = false;
-        for (key, record) in state.dests.iter_mut() {
-            if physical(Path::new(key)) == want {
-                record.rolled_back.push(rollback.clone());
-                recorded = true;
+        let want = resolve_link(dest);
+        self.update(|state| {
+            let mut recorded = false;
+            for (key, record) in state.dests.iter_mut() {
+                if resolve_link(Path::new(key)) == want {
+                    record.rolled_back.push(rollback.clone());
+                    recorded = true;
+                }
             }
-        }
-        if !recorded {
-            let record = DestRecord {
-                rolled_back: vec![rollback],
-                ..DestRecord::default()
-            };
-            state.dests.insert(want.display().to_string(), record);
-        }
-        let data = serde_json::to_vec_pretty(&state)?;
-        write_atomic(&self.dir.join(FILE), &data, 0o600)
+            if !recorded {
+                let record = DestRecord {
+                    rolled_back: vec![rollback],
+                    ..DestRecord::default()
+                };
+                state.dests.insert(want.display().to_string(), record);
+            }
+        })
     }
 
     /// The rollbacks recorded for `dest`, under any spelling of it.
     pub fn rollbacks(&self, dest: &str) -> Result<Vec<RolledBack>> {
-        let want = physical(Path::new(dest));
+        let want = resolve_link(Path::new(dest));
         let state = self.load()?;
         Ok(state
             .dests
             .into_iter()
-            .filter(|(key, _)| physical(Path::new(key)) == want)
+            .filter(|(key, _)| resolve_link(Path::new(key)) == want)
             .flat_map(|(_, record)| record.rolled_back)
             .collect())
-    }
-}
-
-/// `dest` as one path however it is spelled: absolute, without a trailing
-/// `/`, its parent's symlinks resolved (dest itself, a symlink, is not
-/// followed).
-fn physical(dest: &Path) -> PathBuf {
-    let text = dest.to_string_lossy();
-    let dest = Path::new(text.trim_end_matches('/'));
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match (parent.canonicalize(), dest.file_name()) {
-        (Ok(p), Some(name)) => p.join(name),
-        _ => std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf()),
     }
 }
 

@@ -25,7 +25,8 @@ use crate::step::{interrupted, AtStep, Failure, Step};
 pub use excludes::Excludes;
 pub use mv::Mv;
 pub use native::Native;
-pub use release::{Placed, Release, DEFAULT_KEEP};
+use release::Placed;
+pub use release::Release;
 pub use rsync::Rsync;
 
 /// A verified archive and where it goes.
@@ -52,6 +53,12 @@ pub trait Strategy: Send + Sync {
     /// is downloaded.
     fn check(&self, _dest: &Path) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether it replaces the `dest` symlink (and works beside it), so
+    /// deploys lock the directory holding `dest` ([`crate::lock`]).
+    fn switches_dest(&self) -> bool {
+        false
     }
 
     /// Places the job's archive into its dest. Blocking; stops early (with

@@ -44,6 +44,10 @@ impl Strategy for Release {
         Layout::of(dest)?.check_dest()
     }
 
+    fn switches_dest(&self) -> bool {
+        true
+    }
+
     fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
         let layout = Layout::of(job.dest).at(Step::Sync)?;
         layout.check_dest().at(Step::Sync)?;
