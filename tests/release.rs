@@ -10,9 +10,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{manifest_for, mode, sha256, signal, tar, tree, wait_exit, wait_for, Fixture, Member};
+use common::{
+    manifest_for, many_files, mode, sha256, stops_within_a_second, tar, tree, wait_exit, wait_for,
+    Fixture, Member,
+};
 
 /// An app at version `v`: `a` and `b` carry the version (one byte longer
 /// each time: the quick check compares size and mtime, and every member has
@@ -67,6 +70,15 @@ fn live(fx: &Fixture) -> String {
     let target = std::fs::read_link(fx.dest()).unwrap();
     assert_eq!(target.parent(), Some(Path::new("releases")), "{target:?}");
     target.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Deploys versions `vs` in turn; the live release after each.
+fn deploy_versions(fx: &Fixture, vs: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    vs.map(|v| {
+        fx.deploy(&manifest(fx, v, "")).ok();
+        live(fx)
+    })
+    .collect()
 }
 
 fn ino(p: &Path) -> u64 {
@@ -139,11 +151,7 @@ fn four_deploys_with_keep_2_leave_the_live_and_previous_releases_sharing_unchang
 #[test]
 fn releases_lists_and_rollback_switches_back_and_to_a_named_release() {
     let fx = Fixture::new();
-    let mut names = Vec::new();
-    for v in 1..=3 {
-        fx.deploy(&manifest(&fx, v, "")).ok();
-        names.push(live(&fx));
-    }
+    let names = deploy_versions(&fx, 1..=3);
     let dest = fx.dest().display().to_string();
     let out = stretcher(&fx, &["releases", "--dest", &dest]).stdout();
     let marked: Vec<&str> = out.lines().filter(|l| l.starts_with('*')).collect();
@@ -267,12 +275,7 @@ fn sigterm_while_a_release_is_built_removes_it_and_leaves_dest() {
     let fx = Fixture::new();
     fx.deploy(&manifest(&fx, 1, "")).ok();
     let before = live(&fx);
-    let names: Vec<String> = (0..20_000).map(|i| format!("d{}/f{i}", i % 100)).collect();
-    let members: Vec<Member> = names
-        .iter()
-        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
-        .collect();
-    let data = tar(&members);
+    let data = many_files(20_000);
     fx.write("big.tar", &data);
     let url = fx.manifest(&manifest_for(
         &fx,
@@ -283,14 +286,7 @@ fn sigterm_while_a_release_is_built_removes_it_and_leaves_dest() {
     let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "Build release");
     std::thread::sleep(Duration::from_millis(50));
-    let started = Instant::now();
-    signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    stops_within_a_second(&mut child, &[libc::SIGTERM]);
     wait_for(&rx, "Done");
     assert_eq!(live(&fx), before);
     assert_eq!(
@@ -565,11 +561,7 @@ fn building_a_release_never_changes_a_file_the_live_release_has() {
 #[test]
 fn rollback_returns_to_the_release_the_live_one_replaced() {
     let fx = Fixture::new();
-    let mut names = Vec::new();
-    for v in 1..=3 {
-        fx.deploy(&manifest(&fx, v, "")).ok();
-        names.push(live(&fx));
-    }
+    let names = deploy_versions(&fx, 1..=3);
     let dest = fx.dest().display().to_string();
     stretcher(&fx, &["rollback", "--dest", &dest, "--to", &names[0]]).ok();
     fx.deploy(&manifest(&fx, 4, "")).ok();
@@ -702,4 +694,87 @@ fn a_hard_link_to_a_linked_file_gets_the_members_bytes() {
     assert_eq!(std::fs::read(fx.dest().join("h")).unwrap(), b"BBBB");
     // Same size and mtime: taken as unchanged and linked, as rsync would.
     assert_eq!(std::fs::read(fx.dest().join("t")).unwrap(), b"AAAA");
+}
+
+/// Members that are not simply placed in order still share the live
+/// release's file when it matches: a later duplicate of the path (the
+/// earlier one replaced), and a file held back because an earlier member
+/// made its path a directory.
+#[test]
+fn a_duplicate_or_held_back_member_is_linked_from_the_live_release() {
+    let fx = Fixture::new();
+    let rel = "sync_strategy: release\n";
+    let v1 = tar(&[
+        Member::File("dup", b"same", 0o644),
+        Member::File("held", b"same", 0o644),
+    ]);
+    fx.write("v1.tar", &v1);
+    fx.deploy(&manifest_for(&fx, &fx.url("v1.tar"), &sha256(&v1), rel))
+        .ok();
+    let old = releases_dir(&fx).join(live(&fx));
+    let v2 = tar(&[
+        Member::File("dup", b"an earlier copy", 0o644),
+        Member::File("dup", b"same", 0o644),
+        Member::Dir("held/", 0o755),
+        Member::File("held", b"same", 0o644),
+    ]);
+    fx.write("v2.tar", &v2);
+    let log = fx
+        .deploy(&manifest_for(&fx, &fx.url("v2.tar"), &sha256(&v2), rel))
+        .ok();
+    assert!(log.contains("2 hard linked from the live release"), "{log}");
+    let new = releases_dir(&fx).join(live(&fx));
+    for f in ["dup", "held"] {
+        assert_eq!(ino(&new.join(f)), ino(&old.join(f)), "{f}");
+        assert_eq!(std::fs::read(new.join(f)).unwrap(), b"same");
+    }
+    fx.assert_no_temp_files();
+}
+
+/// A live file that cannot be hard linked (immutable, here) is written
+/// instead, with the same bytes and metadata.
+#[test]
+fn a_file_that_cannot_be_linked_is_written() {
+    if !common::is_root() {
+        eprintln!("skipped: chattr +i needs root");
+        return;
+    }
+    /// Clears the immutable flag even when the test fails.
+    struct Immutable(PathBuf);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let fx = Fixture::new();
+    fx.deploy(&manifest(&fx, 1, "")).ok();
+    let old = releases_dir(&fx).join(live(&fx));
+    let locked = Immutable(old.join("same/one"));
+    let chattr = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&locked.0)
+        .status()
+        .unwrap();
+    assert!(chattr.success(), "chattr +i");
+    let log = fx.deploy(&manifest(&fx, 2, "")).ok();
+    assert!(log.contains("2 hard linked"), "same/two and bin/run: {log}");
+    let new = releases_dir(&fx).join(live(&fx));
+    assert_ne!(ino(&new.join("same/one")), ino(&old.join("same/one")));
+    assert_eq!(ino(&new.join("same/two")), ino(&old.join("same/two")));
+    let by_rsync = Fixture::new();
+    let data = app(2);
+    by_rsync.write("v2.tar", &data);
+    by_rsync
+        .deploy(&manifest_for(
+            &by_rsync,
+            &by_rsync.url("v2.tar"),
+            &sha256(&data),
+            "",
+        ))
+        .ok();
+    assert_eq!(tree(&new), tree(&by_rsync.dest()));
+    drop(locked);
 }

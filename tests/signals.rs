@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, app_manifest, manifest_for, sha256, signal, tar, wait_exit, wait_for, Fixture, Member,
+    alive, app_manifest, manifest_for, many_files, sha256, signal, stops_within_a_second,
+    wait_exit, wait_for, Fixture,
 };
 
 #[test]
@@ -48,16 +49,6 @@ fn a_second_signal_stops_the_failure_hooks_and_still_cleans_up() {
     fx.assert_no_temp_files();
 }
 
-/// An archive with many small files: extracting it takes a while.
-fn many_files(n: usize) -> Vec<u8> {
-    let names: Vec<String> = (0..n).map(|i| format!("d{}/f{i}", i % 100)).collect();
-    let members: Vec<Member> = names
-        .iter()
-        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
-        .collect();
-    tar(&members)
-}
-
 #[test]
 fn two_quick_signals_during_extraction_stop_it_and_remove_every_temp_file() {
     let fx = Fixture::new();
@@ -67,15 +58,7 @@ fn two_quick_signals_during_extraction_stop_it_and_remove_every_temp_file() {
     let url = fx.manifest(&manifest_for(&fx, &fx.url("big.tar"), &sha256(&data), ""));
     let (mut child, rx) = fx.watch(Some(&url), &[]);
     wait_for(&rx, "Extract archive");
-    let started = Instant::now();
-    signal(&child, libc::SIGTERM);
-    signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
+    stops_within_a_second(&mut child, &[libc::SIGTERM, libc::SIGTERM]);
     wait_for(&rx, "Done");
     fx.assert_no_temp_files();
     let dest: Vec<_> = std::fs::read_dir(fx.dest()).unwrap().collect();
@@ -92,14 +75,7 @@ fn sigterm_during_rsync_stops_it_promptly() {
     let (mut child, rx) = fx.watch(Some(&url), &["--rsync-verbose", "-vv"]);
     wait_for(&rx, "rsync [");
     std::thread::sleep(Duration::from_millis(100));
-    let started = Instant::now();
-    signal(&child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut child), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
+    stops_within_a_second(&mut child, &[libc::SIGTERM]);
     let lines = wait_for(&rx, "Done");
     assert!(
         lines

@@ -246,6 +246,21 @@ pub fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
     panic!("never saw {want:?}; got:\n{}", seen.join("\n"));
 }
 
+/// Sends `signals` to the agent and asserts it fails (exit 1) within a
+/// second of the first.
+pub fn stops_within_a_second(child: &mut Child, signals: &[i32]) {
+    let started = Instant::now();
+    for &sig in signals {
+        signal(child, sig);
+    }
+    assert_eq!(wait_exit(child), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 pub fn wait_exit(child: &mut Child) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -319,6 +334,16 @@ pub fn tar(members: &[Member]) -> Vec<u8> {
         }
     }
     b.into_inner().unwrap()
+}
+
+/// An archive with `n` small files in 100 dirs: placing it takes a while.
+pub fn many_files(n: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..n).map(|i| format!("d{}/f{i}", i % 100)).collect();
+    let members: Vec<Member> = names
+        .iter()
+        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
+        .collect();
+    tar(&members)
 }
 
 /// Writes raw tar headers for names the tar crate's builder refuses (`..`, `/abs`).
