@@ -14,12 +14,7 @@ release:
 ## (scripts/assets.sh; dist and deb generate the same files the same way)
 ASSETS := target/assets
 STRETCHER_BIN ?= target/release/stretcher
-man: release
-	mkdir -p $(ASSETS)
-	$(STRETCHER_BIN) man > $(ASSETS)/stretcher.1.tmp
-	mv $(ASSETS)/stretcher.1.tmp $(ASSETS)/stretcher.1
-
-assets: release
+man assets: release
 	sh scripts/assets.sh $(STRETCHER_BIN) $(ASSETS)
 
 ## dist: the release binary built against glibc 2.17 with cargo-zigbuild

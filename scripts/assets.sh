@@ -5,7 +5,8 @@
 #   DIR/completions/_stretcher          zsh completion
 #   DIR/completions/stretcher.fish      fish completion
 # Usage: sh scripts/assets.sh path/to/stretcher DIR
-# Used by `make man`, `make assets`, `make dist` and scripts/deb.sh.
+# Used by `make man` and `make assets` (one target: both write all four),
+# scripts/dist.sh and scripts/deb.sh.
 set -eu
 bin=$1
 dir=$2

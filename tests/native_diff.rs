@@ -647,52 +647,74 @@ fn release_case(
         return Err("building v2 changed v1's release".into());
     }
     let excluding = !(settings.excludes.is_empty() && settings.exclude_from.is_empty());
-    match (&fresh, &by_release) {
-        (Err(_), Err(_)) => Ok(()),
-        (Err(e), Ok(())) if e.contains("hard link") && excluding => Ok(()),
-        (Ok(()), Ok(())) => {
-            let live = std::fs::canonicalize(&current).unwrap();
-            if live == v1_release {
-                return Err("dest still points to v1".into());
-            }
-            // rsync --link-dest hard links symlinks too; release makes new
-            // ones. Where release writes a file rsync takes from the older
-            // release (its mtime matches to the second only, or only its
-            // mode or owner differ: rsync links or copies the older bytes),
-            // the file must be the member, as rsync writes it into a
-            // missing dest.
-            let files_only = |dir: &Path| {
-                let mut seen = snapshot(dir, explicit.1);
-                for s in seen.values_mut().filter(|s| s.kind == "symlink") {
-                    s.nlink = 0;
-                }
-                seen
-            };
-            let (a, b) = (files_only(&reference), files_only(&live));
-            let fresh = files_only(fresh_dir);
-            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            let diffs: Vec<String> = keys
-                .into_iter()
-                .filter(|k| a.get(*k) != b.get(*k))
-                .filter(|k| {
-                    let written = b.get(*k).is_some_and(|s| s.nlink == 1);
-                    !(written && fresh.get(*k) == b.get(*k))
-                })
-                .map(|k| {
-                    format!(
-                        "  {k:?}\n    rsync:   {:?}\n    release: {:?}",
-                        a.get(k),
-                        b.get(k)
-                    )
-                })
-                .collect();
-            if !diffs.is_empty() {
-                return Err(format!("trees differ\n{}", diffs.join("\n")));
-            }
-            Ok(())
-        }
-        (rsync, release) => Err(format!("rsync {rsync:?}, release {release:?}")),
+    if let Some(settled) = settled_by_errors(&fresh, &by_release, excluding, "release") {
+        return settled;
     }
+    let live = std::fs::canonicalize(&current).unwrap();
+    if live == v1_release {
+        return Err("dest still points to v1".into());
+    }
+    // rsync --link-dest hard links symlinks too; release makes new
+    // ones. Where release writes a file rsync takes from the older
+    // release (its mtime matches to the second only, or only its
+    // mode or owner differ: rsync links or copies the older bytes),
+    // the file must be the member, as rsync writes it into a
+    // missing dest.
+    let files_only = |dir: &Path| {
+        let mut seen = snapshot(dir, explicit.1);
+        for s in seen.values_mut().filter(|s| s.kind == "symlink") {
+            s.nlink = 0;
+        }
+        seen
+    };
+    let (a, b) = (files_only(&reference), files_only(&live));
+    let fresh = files_only(fresh_dir);
+    let diffs = differences(&a, &b, "release", |k, seen| {
+        seen.nlink == 1 && fresh.get(k) == Some(seen)
+    });
+    if !diffs.is_empty() {
+        return Err(format!("trees differ\n{}", diffs.join("\n")));
+    }
+    Ok(())
+}
+
+/// `Some` when the two deploys' results settle the comparison before their
+/// trees do: both failed, or only rsync did, on a hard link to a member
+/// that is excluded (which native never reads), or only one failed.
+fn settled_by_errors(
+    rsync: &Result<(), String>,
+    other: &Result<(), String>,
+    excluding: bool,
+    name: &str,
+) -> Option<Result<(), String>> {
+    match (rsync, other) {
+        (Ok(()), Ok(())) => None,
+        (Err(_), Err(_)) => Some(Ok(())),
+        (Err(e), Ok(())) if e.contains("hard link") && excluding => Some(Ok(())),
+        (rsync, other) => Some(Err(format!("rsync {rsync:?}, {name} {other:?}"))),
+    }
+}
+
+/// The paths where `b` (`name`'s tree) differs from rsync's `a`, described,
+/// but those `excused` (given the path and `b`'s entry).
+fn differences(
+    a: &BTreeMap<String, Seen>,
+    b: &BTreeMap<String, Seen>,
+    name: &str,
+    excused: impl Fn(&String, &Seen) -> bool,
+) -> Vec<String> {
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .filter(|k| !b.get(*k).is_some_and(|seen| excused(k, seen)))
+        .map(|k| {
+            format!(
+                "  {k:?}\n    rsync: {:?}\n    {name}: {:?}",
+                a.get(k),
+                b.get(k)
+            )
+        })
+        .collect()
 }
 
 /// `rsync -a --delete --link-dest=<link_dest>` of the archive `tar`,
@@ -747,44 +769,28 @@ struct Outcome {
 impl Outcome {
     /// `Err` describes how native's result differs from rsync's.
     fn compare(&self, explicit: &BTreeSet<String>, describe: &str) -> Result<(), String> {
-        match (&self.by_rsync, &self.by_native) {
-            (Err(_), Err(_)) => Ok(()),
-            // Native never reads excluded members: a hard link among them
-            // whose target a decoy took away is no error for it.
-            (Err(e), Ok(())) if e.contains("hard link") && self.excluding => Ok(()),
-            (Ok(()), Ok(())) => {
-                let a = snapshot(&self.with_rsync, explicit);
-                let b = snapshot(&self.with_native, explicit);
-                if a != b {
-                    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-                    let diffs: Vec<String> = keys
-                        .into_iter()
-                        .filter(|k| a.get(*k) != b.get(*k))
-                        .map(|k| {
-                            format!(
-                                "  {k:?}\n    rsync:  {:?}\n    native: {:?}",
-                                a.get(k),
-                                b.get(k)
-                            )
-                        })
-                        .collect();
-                    return Err(format!("{describe}: dests differ\n{}", diffs.join("\n")));
-                }
-                if let Some(temp) = leftover_temp(&self.with_native) {
-                    return Err(format!("{describe}: temp name left behind: {temp}"));
-                }
-                let beside = self.with_native.parent().map(std::fs::read_dir);
-                let scratch = beside.into_iter().flatten().flatten().flatten().find(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(".stretcher_src")
-                });
-                match scratch {
-                    Some(e) => Err(format!("{describe}: left {:?}", e.path())),
-                    None => Ok(()),
-                }
-            }
-            (rsync, native) => Err(format!("{describe}: rsync {rsync:?}, native {native:?}")),
+        let settled = settled_by_errors(&self.by_rsync, &self.by_native, self.excluding, "native");
+        if let Some(settled) = settled {
+            return settled.map_err(|e| format!("{describe}: {e}"));
+        }
+        let a = snapshot(&self.with_rsync, explicit);
+        let b = snapshot(&self.with_native, explicit);
+        let diffs = differences(&a, &b, "native", |_, _| false);
+        if !diffs.is_empty() {
+            return Err(format!("{describe}: dests differ\n{}", diffs.join("\n")));
+        }
+        if let Some(temp) = leftover_temp(&self.with_native) {
+            return Err(format!("{describe}: temp name left behind: {temp}"));
+        }
+        let beside = self.with_native.parent().map(std::fs::read_dir);
+        let scratch = beside.into_iter().flatten().flatten().flatten().find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".stretcher_src")
+        });
+        match scratch {
+            Some(e) => Err(format!("{describe}: left {:?}", e.path())),
+            None => Ok(()),
         }
     }
 }
