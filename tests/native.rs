@@ -351,6 +351,17 @@ fn a_first_deploy_renames_the_extraction_into_place_and_equals_rsync() {
     assert_eq!(renamed, by_rsync);
     assert_eq!(placed, by_rsync);
 
+    // An exclude_from file with no patterns excludes nothing: renamed too.
+    let commented = tar(&[
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+        Member::File("deploy.exclude", b"# nothing excluded yet\n\n", 0o644),
+    ]);
+    let from = "exclude_from: deploy.exclude\n";
+    let (log, renamed, _fx) = deploy("native", from, &commented);
+    assert!(log.contains("moved the extracted tree into place"), "{log}");
+    let (_, by_rsync, _fx) = deploy("rsync", from, &commented);
+    assert_eq!(renamed, by_rsync);
+
     let linked = tar(&[
         Member::File("a.txt", b"shared bytes\n", 0o640),
         Member::HardLink("b.txt", "a.txt"),

@@ -173,6 +173,20 @@ fn releases_lists_and_rollback_switches_back_and_to_a_named_release() {
     assert_eq!(rows[0]["live"], true);
     assert_eq!(rows[1]["live"], false);
     assert!(rows[0]["bytes"].as_u64().unwrap() > 0);
+    // The date comes from the name: yyyymmddHHMMSS, UTC.
+    let at = rows[0]["deployed_at"].as_str().unwrap();
+    let n = &names[2];
+    let want = format!(
+        "{}-{}-{}T{}:{}:{}+00:00",
+        &n[..4],
+        &n[4..6],
+        &n[6..8],
+        &n[8..10],
+        &n[10..12],
+        &n[12..14]
+    );
+    assert_eq!(at, want);
+    assert!(marked[0].ends_with(" UTC"), "{out}");
     assert_eq!(json["live"], names[2].as_str());
 
     let log = stretcher(&fx, &["rollback", "--dest", &dest]).ok();
@@ -301,7 +315,11 @@ fn sigterm_while_a_release_is_built_removes_it_and_leaves_dest() {
 fn a_failing_post_after_the_switch_is_a_failure_with_the_new_release_live() {
     let fx = Fixture::new();
     fx.deploy(&manifest(&fx, 1, "")).ok();
-    let url = fx.manifest(&manifest(&fx, 2, "commands:\n  post:\n    - exit 4\n"));
+    let hooks = format!(
+        "commands:\n  post:\n    - exit 4\n  failure:\n    - echo \"$STRETCHER_RELEASE_DIR\" > {}\n",
+        fx.path("failure.txt").display()
+    );
+    let url = fx.manifest(&manifest(&fx, 2, &hooks));
     let report = fx.path("report.json").display().to_string();
     let log = fx.run(&url, &["--report-file", &report], &[]).failed();
     assert!(log.contains("Deploy manifest failed"), "{log}");
@@ -316,6 +334,8 @@ fn a_failing_post_after_the_switch_is_a_failure_with_the_new_release_live() {
     assert_eq!(report["step"], "post");
     let live_dir = releases_dir(&fx).join(live(&fx));
     assert_eq!(report["release"], live_dir.display().to_string().as_str());
+    let said = std::fs::read_to_string(fx.path("failure.txt")).unwrap();
+    assert_eq!(Path::new(said.trim()), live_dir, "failure hooks see it too");
 }
 
 #[test]
@@ -497,6 +517,9 @@ fn a_rollback_waits_for_a_deploy_to_the_same_dest() {
     )
     .failed();
     assert!(err.contains("still held"), "{err}");
+    let args = ["releases", "--dest", &dest, "--lock-timeout", "200ms"];
+    let err = stretcher(&fx, &args).failed();
+    assert!(err.contains("still held"), "releases takes it too: {err}");
     assert_eq!(wait_exit(&mut child), 0);
     stretcher(&fx, &["rollback", "--dest", &dest]).ok();
     assert_eq!(std::fs::read(fx.dest().join("a")).unwrap(), b"version 1\n.");
