@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// Everything logged during this run, in order, as written to stderr.
 static RUN_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -40,8 +40,24 @@ fn write_line(msg: &str) {
     buf.extend_from_slice(line.as_bytes());
     // Written under the lock so stderr and the run log keep the same order.
     if !QUIET.load(Ordering::Relaxed) {
-        let _ = crate::progress::suspend(|| std::io::stderr().write_all(line.as_bytes()));
+        let mut write = || {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        };
+        match AROUND_STDERR.get() {
+            Some(around) => around(&mut write),
+            None => write(),
+        }
     }
+}
+
+/// What wraps each write to stderr, once something draws there too.
+static AROUND_STDERR: OnceLock<fn(&mut dyn FnMut())> = OnceLock::new();
+
+/// Has every later write of a line to stderr go through `around`, which
+/// runs the write it is given: a display drawn on stderr (a progress bar)
+/// clears itself around it and draws again below. The first call wins.
+pub fn around_stderr_writes(around: fn(&mut dyn FnMut())) {
+    let _ = AROUND_STDERR.set(around);
 }
 
 /// Installs the logger. With `quiet`, lines are kept for the hooks but not
