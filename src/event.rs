@@ -168,6 +168,7 @@ pub async fn read_event<R: AsyncBufRead + Unpin>(mut input: R, how: &Invocation)
     if url.is_empty() {
         bail!("empty manifest URL on stdin");
     }
+    check_url(url)?;
     let source = how.serf_name.as_ref().map(|name| Source {
         system: how.serf_system(),
         name: name.clone(),
@@ -200,6 +201,7 @@ fn parse_consul(json: &[u8]) -> Result<Event> {
     if url.is_empty() {
         bail!("Consul event {} has an empty Payload", last.id);
     }
+    check_url(url)?;
     Ok(Event {
         url: url.to_string(),
         source: Some(Source {
@@ -209,6 +211,15 @@ fn parse_consul(json: &[u8]) -> Result<Event> {
             ltime: last.ltime,
         }),
     })
+}
+
+/// Refuses a URL holding a control character: no valid URL has one, and
+/// a CR or LF in a logged URL would forge log lines.
+fn check_url(url: &str) -> Result<()> {
+    if url.chars().any(char::is_control) {
+        bail!("manifest URL holds a control character: {url:?}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -285,6 +296,13 @@ mod tests {
                 "not valid base64",
             ),
             ("[{", false, "invalid Consul event JSON"),
+            ("file:///m.yml#\r1999/01/01 x", false, "control character"),
+            ("file:///m.yml\u{0}", false, "control character"),
+            (
+                "[{\"ID\":\"x\",\"Payload\":\"ZmlsZTovLy9tLnltbCMKeA==\"}]",
+                false,
+                "manifest URL holds a control character: \"file:///m.yml#\\nx\"",
+            ),
             ("file:///x", true, "invalid Consul event JSON"),
         ] {
             let err = format!("{:#}", read(input, consul).await.unwrap_err());

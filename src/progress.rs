@@ -57,6 +57,7 @@ impl Progress {
         if !enabled() {
             return Progress { bar: None, keep };
         }
+        crate::log::around_stderr_writes(|write| suspend(write));
         let bar = make();
         bar.enable_steady_tick(Duration::from_millis(100));
         *lock() = Some(bar.clone());
@@ -114,8 +115,9 @@ pub fn count(n: u64) {
 }
 
 /// Runs `write` (a log line going to stderr) with the display cleared, and
-/// draws the display again below it.
-pub fn suspend<R>(write: impl FnOnce() -> R) -> R {
+/// draws the display again below it. The log calls it for every line once
+/// a display has been shown.
+fn suspend<R>(write: impl FnOnce() -> R) -> R {
     let bar = if SHOWN.load(Ordering::Relaxed) {
         lock().clone()
     } else {

@@ -690,3 +690,112 @@ fn an_empty_tar_deploys_an_empty_tree() {
         fx.assert_no_temp_files();
     }
 }
+
+/// Owner and group of every path under `dir` (not `dir` itself).
+fn owners(dir: &Path) -> BTreeMap<String, (u32, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(
+                p.strip_prefix(dir).unwrap().display().to_string(),
+                (m.uid(), m.gid()),
+            );
+        }
+    }
+    out
+}
+
+/// Writes `owners.tar` with Python's tarfile in `format`: members owned by
+/// names this host knows (under other ids than stored), by unknown names,
+/// by no names, and a mix; a uid too large for the header (a PAX `uid`
+/// record in the PAX format, which GNU tar lets win over the name).
+fn owners_by_python(fx: &Fixture, format: &str) {
+    let script = "import io, sys, tarfile\n\
+        fmt = getattr(tarfile, sys.argv[2])\n\
+        def add(t, name, kind, uname, uid, gname, gid):\n\
+        \x20   i = tarfile.TarInfo(name)\n\
+        \x20   i.uname, i.uid, i.gname, i.gid = uname, uid, gname, gid\n\
+        \x20   i.mtime, i.mode = 1600000000, 0o644\n\
+        \x20   if kind == 'dir':\n\
+        \x20       i.type, i.mode = tarfile.DIRTYPE, 0o755\n\
+        \x20   elif kind == 'symlink':\n\
+        \x20       i.type, i.linkname = tarfile.SYMTYPE, 'known'\n\
+        \x20   else:\n\
+        \x20       i.size = 1\n\
+        \x20   t.addfile(i, io.BytesIO(b'x'))\n\
+        with tarfile.open(sys.argv[1], 'w', format=fmt) as t:\n\
+        \x20   add(t, 'd', 'dir', 'daemon', 4321, 'bin', 8765)\n\
+        \x20   add(t, 'd/known', 'file', 'daemon', 4321, 'bin', 8765)\n\
+        \x20   add(t, 'd/unknown', 'file', 'no-such-user-x9', 4321, 'no-such-group-x9', 8765)\n\
+        \x20   add(t, 'd/nameless', 'file', '', 4321, '', 8765)\n\
+        \x20   add(t, 'd/mixed', 'file', 'bin', 4321, 'no-such-group-x9', 8765)\n\
+        \x20   add(t, 'd/link', 'symlink', 'daemon', 4321, 'bin', 8765)\n\
+        \x20   add(t, 'd/big', 'file', 'daemon', 3000000, 'bin', 3000001)\n";
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(fx.path("owners.tar"))
+        .arg(format));
+}
+
+/// Writes `owners.tar` with GNU tar, every member owned by `daemon:bin`
+/// under ids this host gives other users (`--owner=NAME:ID`).
+fn owners_by_gnu_tar(fx: &Fixture) {
+    fx.write("src/d/file", "x");
+    std::os::unix::fs::symlink("file", fx.path("src/d/link")).unwrap();
+    run(Command::new("tar")
+        .args(["--format=gnu", "--owner=daemon:4321", "--group=bin:8765"])
+        .arg("-cf")
+        .arg(fx.path("owners.tar"))
+        .arg("-C")
+        .arg(fx.path("src"))
+        .arg("."));
+}
+
+/// As root, every strategy gives a member the owner and group GNU `tar xf`
+/// gives it: by name when the name exists on this host, else by the stored
+/// id. `rsync` and `native` also restore them on a dest whose owners were
+/// changed since (rsync's and native's fix in place).
+#[test]
+fn owners_follow_names_as_gnu_tar_does() {
+    if !is_root() {
+        return;
+    }
+    for made_by in ["GNU_FORMAT", "PAX_FORMAT", "gnu tar --owner"] {
+        for strategy in ["rsync", "mv", "native", "release"] {
+            let fx = Fixture::new();
+            match made_by {
+                "gnu tar --owner" => owners_by_gnu_tar(&fx),
+                python_format => owners_by_python(&fx, python_format),
+            }
+            let reference = fx.path("reference");
+            std::fs::create_dir(&reference).unwrap();
+            run(Command::new("tar")
+                .arg("-xf")
+                .arg(fx.path("owners.tar"))
+                .arg("-C")
+                .arg(&reference));
+            let expected = owners(&reference);
+            assert!(expected.values().any(|&o| o == (1, 2)), "{expected:?}");
+            let url = fx.manifest(&manifest_for(
+                &fx,
+                &fx.url("owners.tar"),
+                &sha256_of(&fx.path("owners.tar")),
+                &format!("sync_strategy: {strategy}\n"),
+            ));
+            let log = fx.run(&url, &[], &[]).ok();
+            let what = format!("{made_by}, {strategy}");
+            assert_eq!(owners(&fx.dest()), expected, "{what}:\n{log}");
+            if strategy == "rsync" || strategy == "native" {
+                run(Command::new("chown").arg("-Rh").arg("0:0").arg(fx.dest()));
+                let log = fx.run(&url, &[], &[]).ok();
+                assert_eq!(owners(&fx.dest()), expected, "{what}, again:\n{log}");
+            }
+        }
+    }
+}

@@ -306,3 +306,67 @@ fn retry_wait_defaults_to_three_seconds_as_v1_1() {
     assert!(log.contains("Try again. Waiting: 3s"), "{log}");
     assert!(started.elapsed() >= Duration::from_secs(3));
 }
+
+/// A manifest is at most 1 MiB: a larger body is refused naming the URL,
+/// over any scheme, before it is parsed (and nothing of it runs).
+#[test]
+fn a_manifest_over_1_mib_is_refused_naming_the_url() {
+    let c = Case::new();
+    let marker = c.fx.path("ran");
+    let manifest = |size: usize| {
+        let mut yaml = format!("commands:\n  pre:\n    - touch {}\n", marker.display());
+        yaml.push_str(&"#".repeat(size - yaml.len() - 1));
+        yaml.push('\n');
+        yaml
+    };
+    let big = manifest((1 << 20) + 1);
+    for url in [
+        c.server.route("/big.yml", Route::ok(big.clone())),
+        c.server.route("/huge.yml", Route::ok(manifest(16 << 20))),
+        {
+            c.fx.write("big.yml", &big);
+            c.fx.url("big.yml")
+        },
+    ] {
+        let log = c.fx.run(&url, &[], &[]).failed();
+        assert!(
+            log.contains(&format!(
+                "load manifest failed: {url} is larger than 1 MiB: too large for a manifest"
+            )),
+            "{log}"
+        );
+        assert!(!marker.exists());
+    }
+    c.fx.write("max.yml", manifest(1 << 20));
+    c.fx.run(&c.fx.url("max.yml"), &[], &[]).ok();
+    assert!(marker.exists());
+}
+
+/// Reading stops at the limit: the rest of an endless manifest (a fifo
+/// here) is never read, let alone held in memory.
+#[test]
+fn an_endless_manifest_is_not_read_past_the_limit() {
+    let fx = Fixture::new();
+    let fifo = fx.path("endless.yml");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let chunk = vec![b'#'; 64 << 10];
+        let mut written = 0usize;
+        while written < 64 << 20 && out.write_all(&chunk).is_ok() {
+            written += chunk.len();
+        }
+        written
+    });
+    let url = fx.url("endless.yml");
+    let log = fx.run(&url, &[], &[]).failed();
+    assert!(
+        log.contains(&format!("{url} is larger than 1 MiB")),
+        "{log}"
+    );
+    let written = writer.join().unwrap();
+    assert!(written < 8 << 20, "the agent read {written} bytes");
+}

@@ -145,3 +145,90 @@ fn first_log_line_is_the_startup_banner_in_go_format() {
     );
     assert!(log.trim_end().ends_with("Done"), "{log}");
 }
+
+/// What a forger wants the log (and the hooks reading it) to show.
+const FORGED: &str = "1999/01/01 00:00:00 Deploy manifest succeeded.";
+
+/// Whether a line of `log`, split at LF or CR as a terminal or a reader
+/// may split it, starts with the forged stamp.
+fn has_forged_line(log: &str) -> bool {
+    log.split(['\n', '\r']).any(|l| l.starts_with("1999/01/01"))
+}
+
+/// A manifest whose pre hook prints `output` and fails; its failure hook
+/// saves what it gets on stdin to `failure-stdin`.
+fn failing_manifest(fx: &Fixture, output: &str) -> String {
+    fx.write("pre.sh", format!("printf '%s\\n' '{output}'\nexit 1\n"));
+    fx.manifest(&format!(
+        "commands:\n  pre:\n    - sh {}\n  failure:\n    - cat > {}\n",
+        fx.path("pre.sh").display(),
+        fx.path("failure-stdin").display()
+    ))
+}
+
+fn failure_stdin(fx: &Fixture) -> Option<String> {
+    std::fs::read_to_string(fx.path("failure-stdin")).ok()
+}
+
+#[test]
+fn a_manifest_url_with_a_control_character_is_an_error() {
+    let fx = Fixture::new();
+    let url = failing_manifest(&fx, "pre ran");
+    for (stdin, env) in [
+        (
+            common::consul_event("e1", 1, &format!("{url}#\n{FORGED}")),
+            None,
+        ),
+        (
+            common::consul_event("e2", 2, &format!("{url}?\r{FORGED}")),
+            None,
+        ),
+        (format!("{url}#\r{FORGED}\n"), None),
+        (
+            format!("{url}#\r{FORGED}\n"),
+            Some(("SERF_USER_EVENT", "deploy")),
+        ),
+        (format!("{url}#\0{FORGED}\n"), None),
+    ] {
+        let _ = std::fs::remove_file(fx.path("failure-stdin"));
+        let env: Vec<_> = env.into_iter().collect();
+        let log = fx.run(&stdin, &[], &env).failed();
+        assert!(
+            log.contains("manifest URL holds a control character: \"file://"),
+            "{stdin:?}: {log}"
+        );
+        assert!(!has_forged_line(&log), "{stdin:?}: {log}");
+        assert!(!log.contains("pre ran"), "{log}");
+        assert_eq!(failure_stdin(&fx), None);
+    }
+}
+
+/// Input logged as it came (a Consul event ID, a Serf event name) and hook
+/// output are escaped: a newline or carriage return in them forges no line
+/// on stderr nor in the log a failure hook reads.
+#[test]
+fn input_and_hook_output_cannot_forge_log_lines() {
+    let fx = Fixture::new();
+    let url = failing_manifest(&fx, &format!("step\r{FORGED}"));
+    let consul = common::consul_event(&format!("e1\\n{FORGED}"), 1, &url);
+    let runs = [
+        (consul, vec![], "Consul event ID: e1\\n1999/01/01"),
+        (
+            format!("{url}\n"),
+            vec![("SERF_USER_EVENT", format!("deploy\n{FORGED}"))],
+            "Reading Serf user event: deploy\\n1999/01/01",
+        ),
+    ];
+    for (stdin, env, escaped) in runs {
+        let _ = std::fs::remove_file(fx.path("failure-stdin"));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let log = fx.run(&stdin, &[], &env).failed();
+        let hook_stdin = failure_stdin(&fx).unwrap_or_default();
+        for (what, text) in [("stderr", &log), ("failure hook stdin", &hook_stdin)] {
+            assert!(!has_forged_line(text), "{what}:\n{text}");
+            assert!(text.contains(escaped), "{what}:\n{text}");
+            assert!(text.contains("step\\r1999/01/01"), "{what}:\n{text}");
+            assert!(text.contains("Deploy manifest failed"), "{what}:\n{text}");
+        }
+    }
+}

@@ -11,7 +11,8 @@
 //! Safety, as GNU tar or stricter: a leading `/` is stripped; a member or a
 //! hard link target with `..` fails the extraction, and so does a member that
 //! would land outside the directory through a symlink. As root, owners and
-//! modes are kept; otherwise the umask applies. Mtimes of files and
+//! modes are kept, owners by name as GNU tar keeps them (`owner.rs`);
+//! otherwise the umask applies. Mtimes of files and
 //! directories are kept (PAX sub-second times included), since rsync's quick
 //! check depends on them.
 //!
@@ -30,6 +31,7 @@ use crate::step::interrupted;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+mod owner;
 mod stream;
 mod write;
 

@@ -88,6 +88,12 @@ pub(crate) struct Member {
     pub uid: u64,
     /// Group as stored.
     pub gid: u64,
+    /// The user name to give the owner by, when it exists on this host:
+    /// the header's, as GNU tar reads it (empty for a V7 header, and when a
+    /// PAX `uid` record, which wins over the name, is present).
+    pub uname: Vec<u8>,
+    /// The group name to give the group by, as [`Member::uname`].
+    pub gname: Vec<u8>,
     /// Modification time: seconds since the epoch and nanoseconds.
     pub mtime: (i64, u32),
     /// The map of a sparse file.
@@ -237,6 +243,14 @@ impl<R: BufRead> TarStream<R> {
             };
             let uid = id(b"uid", header.uid())?;
             let gid = id(b"gid", header.gid())?;
+            // GNU tar looks up the header's names, then lets PAX `uid`/`gid`
+            // records override; PAX `uname`/`gname` records are not looked up.
+            let name_of = |key: &[u8], field: Option<&[u8]>| match pax.get(key) {
+                Some(_) => Vec::new(),
+                None => field.unwrap_or_default().to_vec(),
+            };
+            let uname = name_of(b"uid", header.username_bytes());
+            let gname = name_of(b"gid", header.groupname_bytes());
             let mut sparse = None;
             if typeflag == b'S' {
                 sparse = Some(self.old_gnu_sparse(header, &name)?);
@@ -271,6 +285,8 @@ impl<R: BufRead> TarStream<R> {
                     .unwrap_or(if kind == Kind::Dir { 0o755 } else { 0o644 }),
                 uid,
                 gid,
+                uname,
+                gname,
                 mtime,
                 sparse,
                 size: self.left,

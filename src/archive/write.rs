@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 
 use super::stream::{Kind, Member};
@@ -241,14 +241,12 @@ impl Writer<'_> {
         }
     }
 
-    /// Owner and group to give, when root.
+    /// Owner and group to give, when root ([`Member::owner`]).
     fn owner(&self, m: &Member) -> Result<Option<(u32, u32)>> {
         if !self.root {
             return Ok(None);
         }
-        let id =
-            |n: u64| u32::try_from(n).map_err(|_| anyhow!("{}: owner id {n} out of range", m.name));
-        Ok(Some((id(m.uid)?, id(m.gid)?)))
+        m.owner().map(Some)
     }
 
     fn dir_member(&mut self, m: &Member, rel: PathBuf, path: &Path) -> Result<()> {

@@ -10,7 +10,7 @@ mod s3;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use url::Url;
 
@@ -54,14 +54,24 @@ pub async fn open(url: &str) -> Result<Object> {
     }
 }
 
-/// Reads a whole (small) object, such as a manifest, into a string.
+/// The largest manifest: a root agent holds no more of what a server sends
+/// before the manifest is verified.
+pub const MAX_MANIFEST: u64 = 1 << 20;
+
+/// Reads a manifest into a string. Reading stops past [`MAX_MANIFEST`]
+/// bytes: a larger one is refused, naming the URL, and the rest is never
+/// read.
 pub async fn read_to_string(url: &str) -> Result<String> {
-    let mut body = open(url).await?.body;
-    let mut text = String::new();
-    body.read_to_string(&mut text)
+    let body = open(url).await?.body;
+    let mut bytes = Vec::new();
+    body.take(MAX_MANIFEST + 1)
+        .read_to_end(&mut bytes)
         .await
         .with_context(|| format!("reading {url}"))?;
-    Ok(text)
+    if bytes.len() as u64 > MAX_MANIFEST {
+        bail!("{url} is larger than 1 MiB: too large for a manifest");
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow!("reading {url}: the manifest is not UTF-8"))
 }
 
 /// An error that cannot change between attempts: a malformed URL, an

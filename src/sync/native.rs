@@ -429,11 +429,10 @@ impl<'a> Placer<'a> {
         if !self.root {
             return Ok(Owner::ours(false, self.ids));
         }
-        let id =
-            |n: u64| u32::try_from(n).map_err(|_| anyhow!("{}: owner id {n} out of range", m.name));
+        let (uid, gid) = m.owner()?;
         Ok(Owner {
-            uid: Some(id(m.uid)?),
-            gid: id(m.gid)?,
+            uid: Some(uid),
+            gid,
         })
     }
 

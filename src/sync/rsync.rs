@@ -188,8 +188,8 @@ impl Rsync {
             .join()
             .map_err(|_| anyhow!("rsync output reader panicked"))?
             .context("reading rsync output")?;
-        if !output.is_empty() {
-            log::info!("{}", String::from_utf8_lossy(&output));
+        for line in String::from_utf8_lossy(&output).lines() {
+            log::info!("{line}");
         }
         match status {
             None => bail!("rsync stopped: interrupted by signal"),
