@@ -2,6 +2,8 @@
 //! `pre`/`post` output is streamed into the log line by line; `success` and
 //! `failure` get the run log on stdin and write straight to our stdout/stderr.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -33,10 +35,14 @@ impl Phase {
     }
 }
 
-/// Runs hook command lines with the deploy's `STRETCHER_*` variables.
+/// Runs hook command lines with the deploy's `STRETCHER_*` variables and
+/// the manifest's `commands.env`.
 pub struct Hooks<'a> {
     /// Variables exported to every hook (besides `STRETCHER_PHASE`).
     pub env: Vec<(&'static str, String)>,
+    /// The manifest's `commands.env`, applied last: it wins over the
+    /// agent's environment and the variables above.
+    pub manifest_env: &'a [(String, String)],
     /// Fires on the first SIGINT/SIGTERM: a running `pre`/`post` hook's
     /// group gets SIGTERM.
     pub cancel: &'a CancellationToken,
@@ -114,15 +120,33 @@ impl Hooks<'_> {
 
     fn command(&self, phase: Phase, line: &str) -> Command {
         log::info!("invoking command: {line}");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
+        let mut cmd = Command::new(shell());
+        cmd.arg0("sh")
+            .arg("-c")
             .arg(line)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("STRETCHER_PHASE", phase.name())
+            .envs(self.manifest_env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .kill_on_drop(true);
         cmd
     }
+}
+
+/// `sh` as the agent's own PATH finds it, as Go's `exec.Command` looks it
+/// up; std would search a PATH set by `commands.env` instead.
+fn shell() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join("sh"))
+            .find(|sh| is_executable(sh))
+    });
+    found.unwrap_or_else(|| PathBuf::from("/bin/sh"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Waits for the child and `io` to finish, or terminates the child's

@@ -160,6 +160,7 @@ async fn run_logged(
             ("STRETCHER_CHECKSUM", manifest.checksum.clone()),
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
+        manifest_env: &manifest.commands.env,
         cancel,
         abort: &signals.abort,
         quiet: how.is_serf_query(),

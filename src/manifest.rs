@@ -2,6 +2,7 @@
 //! reads it, octal `dest_mode`, and warnings for keys we do not know.
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use yaml_serde::Value;
 
@@ -59,6 +60,10 @@ pub struct Commands {
     /// After a failed deploy, with the run log on stdin.
     #[serde(deserialize_with = "scalars")]
     pub failure: Vec<String>,
+    /// Variables added to every hook's environment, last (they win over
+    /// the agent's own), in the order written (a repeated name: the later).
+    #[serde(deserialize_with = "env_vars")]
+    pub env: Vec<(String, String)>,
 }
 
 impl Manifest {
@@ -214,6 +219,50 @@ fn scalars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_any(Scalars)
 }
 
+/// `commands.env` as yaml.v2 reads a `map[string]string`: names and values
+/// are the text written (`PORT: 8080` is `8080`, `~` is empty). A name
+/// that cannot be an environment variable (empty, with `=` or NUL) and a
+/// value with NUL are errors.
+fn env_vars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct EnvVars;
+    impl<'de> serde::de::Visitor<'de> for EnvVars {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of variable names to values")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut vars = Vec::new();
+            while let Some((Text(name), value)) = map.next_entry::<Text, Option<Text>>()? {
+                if name.is_empty() || name.contains(['=', '\0']) {
+                    return Err(A::Error::custom(format!("invalid variable name {name:?}")));
+                }
+                let value = value.map(|t| t.0).unwrap_or_default();
+                if value.contains('\0') {
+                    return Err(A::Error::custom(format!(
+                        "the value of {name} holds a NUL byte"
+                    )));
+                }
+                vars.push((name, value));
+            }
+            Ok(vars)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(EnvVars)
+}
+
 fn commands<'de, D: Deserializer<'de>>(d: D) -> Result<Commands, D::Error> {
     Option::<Commands>::deserialize(d).map(Option::unwrap_or_default)
 }
@@ -330,6 +379,45 @@ mod tests {
             );
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn commands_env_values_are_the_text_yaml_1_1_reads() {
+        let m = Manifest::parse(
+            "commands:\n  env:\n    PORT: 8080\n    ON: true\n    MODE: 0751\n    HALF: 1.50\n    EMPTY: ''\n    NULL: ~\n    URL: 'a=b: c'\n    PORT: 9090\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = m
+            .commands
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("PORT", "8080"),
+                ("ON", "true"),
+                ("MODE", "0751"),
+                ("HALF", "1.50"),
+                ("EMPTY", ""),
+                ("NULL", ""),
+                ("URL", "a=b: c"),
+                ("PORT", "9090"),
+            ]
+        );
+        assert!(Manifest::parse("commands:\n  env:\n")
+            .unwrap()
+            .commands
+            .env
+            .is_empty());
+        for bad in ["[A]", "A=B", "{'A=B': x}", "{'': x}", "{A: [x]}"] {
+            let err = Manifest::parse(&format!("commands:\n  env: {bad}\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("commands.env"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

@@ -207,3 +207,48 @@ fn random_delay_sleeps_before_reading_stdin_and_a_signal_cancels_it() {
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_for(&rx, "interrupted by signal");
 }
+
+#[test]
+fn commands_env_reaches_every_hook_over_the_agents_environment() {
+    let fx = Fixture::new();
+    let out = fx.path("env.log");
+    let show = format!(
+        "'echo \"$STRETCHER_PHASE port=$PORT flag=$FLAG mode=$MODE empty=[$EMPTY] null=[$NULL] greeting=$GREETING agent=$AGENT_VAR\" >> {}'",
+        out.display()
+    );
+    let env = "  env:\n    PORT: 8080\n    FLAG: true\n    MODE: 0751\n    EMPTY: ''\n    NULL: ~\n    GREETING: '{{ env \"GREETING\" }}'\n    AGENT_VAR: from-manifest\n";
+    let agent_env = [("GREETING", "hi"), ("AGENT_VAR", "from-agent")];
+    let manifest = |pre: &str| {
+        with_commands(
+            &fx,
+            &format!(
+                "{env}  pre: [{pre}]\n  post: [{show}]\n  success: [{show}]\n  failure: [{show}]\n"
+            ),
+        )
+    };
+    let log = fx.run(&fx.manifest(&manifest(&show)), &[], &agent_env).ok();
+    assert!(!log.contains("unknown key"), "{log}");
+    fx.run(&fx.manifest(&manifest("'exit 1'")), &[], &agent_env)
+        .failed();
+    let want: String = ["pre", "post", "success", "failure"]
+        .iter()
+        .map(|phase| {
+            format!("{phase} port=8080 flag=true mode=0751 empty=[] null=[] greeting=hi agent=from-manifest\n")
+        })
+        .collect();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+}
+
+/// Go looks `sh` up on the agent's PATH; a PATH the manifest gives its
+/// hooks does not decide which shell runs them.
+#[test]
+fn a_path_in_commands_env_is_the_hooks_path_not_the_agents() {
+    let fx = Fixture::new();
+    let out = fx.path("path");
+    fx.deploy(&format!(
+        "commands:\n  env:\n    PATH: /opt/app/bin\n  post:\n    - echo \"$PATH\" > {}\n",
+        out.display()
+    ))
+    .ok();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "/opt/app/bin\n");
+}

@@ -108,6 +108,20 @@ fn validation_error(extra: &str, sum: &str, want: &str) {
 }
 
 #[test]
+fn a_commands_env_that_is_not_a_map_of_names_fails_naming_the_field() {
+    for yaml in [
+        "commands:\n  env: [A, B]\n",
+        "commands:\n  env: A=B\n",
+        "commands:\n  env:\n    A=B: x\n",
+        "commands:\n  env:\n    '': x\n",
+        "commands:\n  env:\n    A: \"a\\0b\"\n",
+        "commands:\n  env:\n    A: {b: c}\n",
+    ] {
+        load_error(yaml, "commands.env");
+    }
+}
+
+#[test]
 fn invalid_strategy_and_checksum_length_fail_before_download() {
     let sum = "a".repeat(64);
     validation_error("sync_strategy: scp\n", &sum, "invalid strategy name: scp");
