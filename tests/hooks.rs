@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{alive, app_manifest, app_tar, gzip, sha256, signal, wait_exit, wait_for, Fixture};
+use common::{
+    alive, app_manifest, app_tar, gzip, read_pid, sha256, signal, wait_exit, wait_for, Fixture,
+};
 
 /// An app deploy manifest with `commands` as its commands section.
 fn with_commands(fx: &Fixture, commands: &str) -> String {
@@ -251,4 +253,63 @@ fn a_path_in_commands_env_is_the_hooks_path_not_the_agents() {
     ))
     .ok();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "/opt/app/bin\n");
+}
+
+/// `post: ["sleep 30 &"]`, as a hook starting a server does: the shell
+/// exits at once while the background process still holds the hook's
+/// output. The deploy goes on, and the process keeps running.
+#[test]
+fn a_background_process_holding_hook_output_does_not_hold_up_any_strategy() {
+    for strategy in ["rsync", "mv", "native", "release"] {
+        let fx = Fixture::new();
+        let pid = fx.path("server.pid");
+        let yaml = app_manifest(
+            &fx,
+            &format!(
+                "sync_strategy: {strategy}\ncommands:\n  post:\n    - 'sleep 30 & echo $! > {}'\n",
+                pid.display()
+            ),
+        );
+        let started = Instant::now();
+        let log = fx.deploy(&yaml).ok();
+        let took = started.elapsed();
+        let server = read_pid(&pid);
+        let running = alive(server);
+        // SAFETY: stopping the test's own background process.
+        unsafe { libc::kill(server, libc::SIGKILL) };
+        assert!(took < Duration::from_secs(3), "{strategy}: took {took:?}");
+        assert!(running, "{strategy}: the background process was killed");
+        assert!(
+            log.contains("a background process kept the output of"),
+            "{strategy}: {log}"
+        );
+        assert!(log.contains("Deploy manifest succeeded."), "{log}");
+    }
+}
+
+/// A background process holding a `success` hook's stdin without reading
+/// it: the log (larger than a pipe buffer) cannot all be written.
+#[test]
+fn a_background_process_holding_a_success_hooks_stdin_does_not_hold_up_the_agent() {
+    let fx = Fixture::new();
+    let pid = fx.path("reader.pid");
+    let url = fx.manifest(&with_commands(
+        &fx,
+        &format!(
+            "  pre:\n    - seq 1 30000\n  success:\n    - 'exec 3<&0; sleep 30 <&3 3<&- >/dev/null 2>&1 & echo $! > {}'\n",
+            pid.display()
+        ),
+    ));
+    let started = Instant::now();
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
+    let code = wait_exit(&mut child);
+    let took = started.elapsed();
+    let reader = read_pid(&pid);
+    let running = alive(reader);
+    // SAFETY: stopping the test's own background process.
+    unsafe { libc::kill(reader, libc::SIGKILL) };
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(running, "the background process was killed");
+    wait_for(&rx, "a background process kept the stdin of");
 }
