@@ -1,7 +1,7 @@
 //! Hook runner: each command line is `sh -c <line>` in its own process group.
 //! `pre`/`post` output is streamed into the log line by line; `success` and
 //! `failure` get the run log on stdin and write straight to our stdout/stderr.
-//! A hook is stopped on a signal (SIGTERM to its group,
+//! A hook is stopped on a signal or at its timeout (SIGTERM to its group,
 //! SIGKILL to what is left after a grace); a background process it leaves
 //! holding its pipes does not keep the agent waiting.
 
@@ -58,6 +58,8 @@ pub struct Hooks<'a> {
     /// The manifest's `commands.env`, applied last: it wins over the
     /// agent's environment and the variables above.
     pub manifest_env: &'a [(String, String)],
+    /// Bound on each command line; `None` waits as long as it runs.
+    pub timeout: Option<Duration>,
     /// Fires on the first SIGINT/SIGTERM: a running `pre`/`post` hook's
     /// group gets SIGTERM.
     pub cancel: &'a CancellationToken,
@@ -80,7 +82,7 @@ impl Hooks<'_> {
     }
 
     /// Runs one command line as a `phase` hook: its environment, its output
-    /// logged, stopped by a signal.
+    /// logged, stopped by a signal or at the timeout.
     pub async fn run_line(&self, phase: Phase, line: &str) -> Result<()> {
         let mut child = self
             .command(phase, line)
@@ -96,6 +98,7 @@ impl Hooks<'_> {
         let stops = Stops {
             signal: self.cancel,
             kill_now: Some(self.abort),
+            timeout: self.timeout,
         };
         let (status, open) = supervise(&mut child, line, pumps, &stops).await?;
         if let Some(pumps) = open {
@@ -127,6 +130,7 @@ impl Hooks<'_> {
             let stops = Stops {
                 signal: self.abort,
                 kill_now: None,
+                timeout: self.timeout,
             };
             let (status, open) = supervise(&mut child, line, feed, &stops).await?;
             if open.is_some() {
@@ -200,10 +204,12 @@ struct Stops<'a> {
     signal: &'a CancellationToken,
     /// SIGKILL to a group stopped by `signal` without waiting out the grace.
     kill_now: Option<&'a CancellationToken>,
+    /// Stop the hook, as `signal` does, once it has run this long.
+    timeout: Option<Duration>,
 }
 
 /// Waits for the hook's shell while `io` serves its pipes, stopping its
-/// process group on a signal. Once the shell has exited,
+/// process group on a signal or at the timeout. Once the shell has exited,
 /// `io` gets [`LINGER`] to finish; if a background process the hook
 /// started still holds a pipe, the unfinished `io` is handed back.
 async fn supervise<F: Future<Output = ()>>(
@@ -215,6 +221,13 @@ async fn supervise<F: Future<Output = ()>>(
     let group = child.id().and_then(|id| i32::try_from(id).ok());
     let mut io = Box::pin(io);
     let mut io_done = false;
+    let expiry = async {
+        match stops.timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.with_context(|| format!("failed: {line}"))?,
@@ -222,6 +235,11 @@ async fn supervise<F: Future<Output = ()>>(
             () = stops.signal.cancelled() => {
                 stop(child, group, line, stops.kill_now).await;
                 bail!("failed: {line}: interrupted by signal");
+            }
+            () = &mut expiry => {
+                stop(child, group, line, stops.kill_now).await;
+                let limit = stops.timeout.map(format_duration).unwrap_or_default();
+                bail!("failed: {line} timeout {limit}");
             }
         }
     };

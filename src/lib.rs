@@ -161,6 +161,7 @@ async fn run_logged(
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
         manifest_env: &manifest.commands.env,
+        timeout: manifest.commands.timeout_or(config.hook_timeout),
         cancel,
         abort: &signals.abort,
         quiet: how.is_serf_query(),

@@ -1,12 +1,15 @@
 //! The deploy manifest: template rendering, YAML as Go's yaml.v2 (YAML 1.1)
 //! reads it, octal `dest_mode`, and warnings for keys we do not know.
 
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use yaml_serde::Value;
 
 use crate::template;
+use crate::units::parse_duration;
 
 /// Default mode of the deployed tree's root, as upstream.
 pub const DEFAULT_DEST_MODE: u32 = 0o755;
@@ -64,6 +67,20 @@ pub struct Commands {
     /// the agent's own), in the order written (a repeated name: the later).
     #[serde(deserialize_with = "env_vars")]
     pub env: Vec<(String, String)>,
+    /// Bound on each hook command of this manifest; `Some(ZERO)` is none.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+    /// `timeout` as written, parsed by [`Manifest::parse`].
+    #[serde(rename = "timeout", deserialize_with = "scalar")]
+    timeout_text: String,
+}
+
+impl Commands {
+    /// The bound on each hook command: the manifest's `commands.timeout`
+    /// when it has one, else `default` (`--hook-timeout`); zero is none.
+    pub fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
+        self.timeout.or(default).filter(|d| !d.is_zero())
+    }
 }
 
 impl Manifest {
@@ -72,7 +89,7 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Self> {
         let rendered = template::render(text, &|k| std::env::var(k).ok())?;
         check_nesting(&rendered)?;
-        let manifest: Manifest = if rendered.trim().is_empty() {
+        let mut manifest: Manifest = if rendered.trim().is_empty() {
             Manifest::default()
         } else {
             let yaml = yaml_serde::Deserializer::from_str(&rendered);
@@ -83,6 +100,12 @@ impl Manifest {
             })
             .context("invalid manifest YAML")?
         };
+        let timeout = manifest.commands.timeout_text.trim();
+        if !timeout.is_empty() {
+            // As the duration flags: a Go duration or bare seconds.
+            let limit = parse_duration(timeout).map_err(|e| anyhow!("commands.timeout: {e}"))?;
+            manifest.commands.timeout = Some(limit);
+        }
         if !manifest.src.is_empty() && manifest.dest.is_empty() {
             bail!("dest is required when src is set");
         }
@@ -418,6 +441,37 @@ mod tests {
                 "{bad}: {err:#}"
             );
         }
+    }
+
+    #[test]
+    fn commands_timeout_is_a_duration_and_wins_over_the_default() {
+        let timeout = |yaml: &str| Manifest::parse(yaml).map(|m| m.commands.timeout);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            timeout("commands:\n  timeout: 1m30s\n").unwrap(),
+            Some(secs(90))
+        );
+        assert_eq!(
+            timeout("commands:\n  timeout: 30\n").unwrap(),
+            Some(secs(30))
+        );
+        assert_eq!(timeout("commands:\n  timeout: 0\n").unwrap(), Some(secs(0)));
+        assert_eq!(timeout("commands:\n  timeout: ~\n").unwrap(), None);
+        let err = timeout("commands:\n  timeout: soon\n").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("commands.timeout: "),
+            "{err:#}"
+        );
+
+        let commands = |t| Commands {
+            timeout: t,
+            ..Commands::default()
+        };
+        let flag = Some(secs(5));
+        assert_eq!(commands(None).timeout_or(flag), flag);
+        assert_eq!(commands(Some(secs(1))).timeout_or(flag), Some(secs(1)));
+        assert_eq!(commands(Some(secs(0))).timeout_or(flag), None);
+        assert_eq!(commands(None).timeout_or(None), None);
     }
 
     #[test]

@@ -313,3 +313,64 @@ fn a_background_process_holding_a_success_hooks_stdin_does_not_hold_up_the_agent
     assert!(running, "the background process was killed");
     wait_for(&rx, "a background process kept the stdin of");
 }
+
+#[test]
+fn hook_timeout_stops_the_hook_and_its_children_naming_the_line() {
+    let fx = Fixture::new();
+    let pid = fx.path("child.pid");
+    let failure = fx.path("failure-ran");
+    let line = format!("sleep 60 & echo $! > {}; sleep 60", pid.display());
+    let url = fx.manifest(&with_commands(
+        &fx,
+        &format!(
+            "  pre:\n    - '{line}'\n  failure:\n    - touch {}\n",
+            failure.display()
+        ),
+    ));
+    let started = Instant::now();
+    let log = fx.run(&url, &["--hook-timeout", "1s"], &[]).failed();
+    assert!(started.elapsed() < Duration::from_secs(4), "{log}");
+    assert!(
+        log.contains(&format!(
+            "Deploy manifest failed: failed: {line} timeout 1s"
+        )),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !alive(read_pid(&pid)),
+        "the hook's child outlived the timeout"
+    );
+    assert!(failure.exists(), "failure hooks run after a timeout");
+    assert!(!fx.dest().exists());
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn commands_timeout_wins_over_the_flag_and_zero_means_none() {
+    let fx = Fixture::new();
+    let pid = fx.path("stubborn.pid");
+    // 1s from the manifest, not the flag's hour; the hook ignores SIGTERM,
+    // so its group is killed after the grace.
+    let line = format!("trap '' TERM; sleep 60 & echo $! > {}; wait", pid.display());
+    let url = fx.manifest(&with_commands(
+        &fx,
+        &format!("  timeout: 1\n  pre:\n    - \"{line}\"\n"),
+    ));
+    let started = Instant::now();
+    let log = fx.run(&url, &["--hook-timeout", "1h"], &[]).failed();
+    assert!(started.elapsed() < Duration::from_secs(7), "{log}");
+    assert!(log.contains(&format!("failed: {line} timeout 1s")), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!alive(read_pid(&pid)), "a hook ignoring SIGTERM survived");
+
+    // `commands.timeout: 0` is none, whatever the flag says.
+    let url = fx.manifest(&with_commands(
+        &fx,
+        "  timeout: 0\n  pre:\n    - sleep 1.5\n",
+    ));
+    fx.run(&url, &["--hook-timeout", "1"], &[]).ok();
+    // So is `--hook-timeout 0`, as `--timeout 0` is.
+    let url = fx.manifest(&with_commands(&fx, "  pre:\n    - sleep 0.2\n"));
+    fx.run(&url, &["--hook-timeout", "0"], &[]).ok();
+}
