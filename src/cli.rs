@@ -54,6 +54,10 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     timeout: Option<Duration>,
 
+    /// Bound on each hook command (Go duration like 1m30s, or seconds; 0 = none): on expiry its process group gets SIGTERM, then SIGKILL, and the step fails. A manifest's commands.timeout applies to its own hooks instead
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    hook_timeout: Option<Duration>,
+
     /// Sleep a random time in [0, DURATION) on start
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     random_delay: Option<Duration>,
@@ -193,6 +197,9 @@ pub struct Config {
     /// Bound on the manifest fetch and on the whole src download, retries
     /// included; `None` (also for `--timeout 0`) is unbounded.
     pub timeout: Option<Duration>,
+    /// Bound on each hook command unless the manifest sets
+    /// `commands.timeout`; `None` (also for `--hook-timeout 0`) is none.
+    pub hook_timeout: Option<Duration>,
     /// Bound on the member data one extraction writes.
     pub max_extract_size: MaxSize,
     /// Upper bound of the random start-up sleep.
@@ -329,6 +336,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         max_bandwidth: args.max_bandwidth,
         // Go: `if Timeout != 0`; a zero timeout means none.
         timeout: args.timeout.filter(|t| !t.is_zero()),
+        hook_timeout: args.hook_timeout.filter(|t| !t.is_zero()),
         max_extract_size: args
             .max_extract_size
             .map_or(MaxSize::Default, MaxSize::from_flag),
@@ -409,6 +417,30 @@ mod tests {
             panic!("not a run");
         };
         assert_eq!(config.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn hook_timeout_parses_like_timeout_and_zero_is_none() {
+        for (flag, want) in [
+            ("--hook-timeout=0", None),
+            ("-hook-timeout=0s", None),
+            ("--hook-timeout=1m30s", Some(Duration::from_secs(90))),
+            ("--hook-timeout=2.5", Some(Duration::from_millis(2500))),
+        ] {
+            let Command::Run(config) = parse(os(&["stretcher", flag])) else {
+                panic!("{flag}: not a run");
+            };
+            assert_eq!(config.hook_timeout, want, "{flag}");
+        }
+        let Command::Exit { text, code } = parse(os(&["stretcher", "--hook-timeout", "soon"]))
+        else {
+            panic!("not an exit");
+        };
+        assert_eq!(code, 1);
+        assert!(
+            text.contains("--hook-timeout") && !text.contains('\n'),
+            "{text}"
+        );
     }
 
     const KEY: &str = "RWQN77ZpWCrGH1pFNneNqzFknN7Z4R9MESXPXUW9TCkAzYk4nVx9eTGR";

@@ -160,6 +160,8 @@ async fn run_logged(
             ("STRETCHER_CHECKSUM", manifest.checksum.clone()),
             ("STRETCHER_VERSION", VERSION.to_string()),
         ],
+        manifest_env: &manifest.commands.env,
+        timeout: manifest.commands.timeout_or(config.hook_timeout),
         cancel,
         abort: &signals.abort,
         quiet: how.is_serf_query(),

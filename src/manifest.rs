@@ -1,11 +1,15 @@
 //! The deploy manifest: template rendering, YAML as Go's yaml.v2 (YAML 1.1)
 //! reads it, octal `dest_mode`, and warnings for keys we do not know.
 
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use yaml_serde::Value;
 
 use crate::template;
+use crate::units::parse_duration;
 
 /// Default mode of the deployed tree's root, as upstream.
 pub const DEFAULT_DEST_MODE: u32 = 0o755;
@@ -59,6 +63,24 @@ pub struct Commands {
     /// After a failed deploy, with the run log on stdin.
     #[serde(deserialize_with = "scalars")]
     pub failure: Vec<String>,
+    /// Variables added to every hook's environment, last (they win over
+    /// the agent's own), in the order written (a repeated name: the later).
+    #[serde(deserialize_with = "env_vars")]
+    pub env: Vec<(String, String)>,
+    /// Bound on each hook command of this manifest; `Some(ZERO)` is none.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+    /// `timeout` as written, parsed by [`Manifest::parse`].
+    #[serde(rename = "timeout", deserialize_with = "scalar")]
+    timeout_text: String,
+}
+
+impl Commands {
+    /// The bound on each hook command: the manifest's `commands.timeout`
+    /// when it has one, else `default` (`--hook-timeout`); zero is none.
+    pub fn timeout_or(&self, default: Option<Duration>) -> Option<Duration> {
+        self.timeout.or(default).filter(|d| !d.is_zero())
+    }
 }
 
 impl Manifest {
@@ -67,7 +89,7 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Self> {
         let rendered = template::render(text, &|k| std::env::var(k).ok())?;
         check_nesting(&rendered)?;
-        let manifest: Manifest = if rendered.trim().is_empty() {
+        let mut manifest: Manifest = if rendered.trim().is_empty() {
             Manifest::default()
         } else {
             let yaml = yaml_serde::Deserializer::from_str(&rendered);
@@ -78,6 +100,12 @@ impl Manifest {
             })
             .context("invalid manifest YAML")?
         };
+        let timeout = manifest.commands.timeout_text.trim();
+        if !timeout.is_empty() {
+            // As the duration flags: a Go duration or bare seconds.
+            let limit = parse_duration(timeout).map_err(|e| anyhow!("commands.timeout: {e}"))?;
+            manifest.commands.timeout = Some(limit);
+        }
         if !manifest.src.is_empty() && manifest.dest.is_empty() {
             bail!("dest is required when src is set");
         }
@@ -214,6 +242,50 @@ fn scalars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_any(Scalars)
 }
 
+/// `commands.env` as yaml.v2 reads a `map[string]string`: names and values
+/// are the text written (`PORT: 8080` is `8080`, `~` is empty). A name
+/// that cannot be an environment variable (empty, with `=` or NUL) and a
+/// value with NUL are errors.
+fn env_vars<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct EnvVars;
+    impl<'de> serde::de::Visitor<'de> for EnvVars {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of variable names to values")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut vars = Vec::new();
+            while let Some((Text(name), value)) = map.next_entry::<Text, Option<Text>>()? {
+                if name.is_empty() || name.contains(['=', '\0']) {
+                    return Err(A::Error::custom(format!("invalid variable name {name:?}")));
+                }
+                let value = value.map(|t| t.0).unwrap_or_default();
+                if value.contains('\0') {
+                    return Err(A::Error::custom(format!(
+                        "the value of {name} holds a NUL byte"
+                    )));
+                }
+                vars.push((name, value));
+            }
+            Ok(vars)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(EnvVars)
+}
+
 fn commands<'de, D: Deserializer<'de>>(d: D) -> Result<Commands, D::Error> {
     Option::<Commands>::deserialize(d).map(Option::unwrap_or_default)
 }
@@ -330,6 +402,76 @@ mod tests {
             );
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn commands_env_values_are_the_text_yaml_1_1_reads() {
+        let m = Manifest::parse(
+            "commands:\n  env:\n    PORT: 8080\n    ON: true\n    MODE: 0751\n    HALF: 1.50\n    EMPTY: ''\n    NULL: ~\n    URL: 'a=b: c'\n    PORT: 9090\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = m
+            .commands
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("PORT", "8080"),
+                ("ON", "true"),
+                ("MODE", "0751"),
+                ("HALF", "1.50"),
+                ("EMPTY", ""),
+                ("NULL", ""),
+                ("URL", "a=b: c"),
+                ("PORT", "9090"),
+            ]
+        );
+        assert!(Manifest::parse("commands:\n  env:\n")
+            .unwrap()
+            .commands
+            .env
+            .is_empty());
+        for bad in ["[A]", "A=B", "{'A=B': x}", "{'': x}", "{A: [x]}"] {
+            let err = Manifest::parse(&format!("commands:\n  env: {bad}\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("commands.env"),
+                "{bad}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_timeout_is_a_duration_and_wins_over_the_default() {
+        let timeout = |yaml: &str| Manifest::parse(yaml).map(|m| m.commands.timeout);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            timeout("commands:\n  timeout: 1m30s\n").unwrap(),
+            Some(secs(90))
+        );
+        assert_eq!(
+            timeout("commands:\n  timeout: 30\n").unwrap(),
+            Some(secs(30))
+        );
+        assert_eq!(timeout("commands:\n  timeout: 0\n").unwrap(), Some(secs(0)));
+        assert_eq!(timeout("commands:\n  timeout: ~\n").unwrap(), None);
+        let err = timeout("commands:\n  timeout: soon\n").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("commands.timeout: "),
+            "{err:#}"
+        );
+
+        let commands = |t| Commands {
+            timeout: t,
+            ..Commands::default()
+        };
+        let flag = Some(secs(5));
+        assert_eq!(commands(None).timeout_or(flag), flag);
+        assert_eq!(commands(Some(secs(1))).timeout_or(flag), Some(secs(1)));
+        assert_eq!(commands(Some(secs(0))).timeout_or(flag), None);
+        assert_eq!(commands(None).timeout_or(None), None);
     }
 
     #[test]

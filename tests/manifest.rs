@@ -108,6 +108,40 @@ fn validation_error(extra: &str, sum: &str, want: &str) {
 }
 
 #[test]
+fn a_commands_env_that_is_not_a_map_of_names_fails_naming_the_field() {
+    for yaml in [
+        "commands:\n  env: [A, B]\n",
+        "commands:\n  env: A=B\n",
+        "commands:\n  env:\n    A=B: x\n",
+        "commands:\n  env:\n    '': x\n",
+        "commands:\n  env:\n    A: \"a\\0b\"\n",
+        "commands:\n  env:\n    A: {b: c}\n",
+    ] {
+        load_error(yaml, "commands.env");
+    }
+}
+
+#[test]
+fn an_unparsable_commands_timeout_fails_naming_the_field_before_the_download() {
+    for bad in ["soon", "-1s", "1x", "[1]"] {
+        let fx = Fixture::new();
+        let server = Server::start();
+        let src = server.route("/a.tar.gz", Route::ok(gzip(&app_tar())));
+        let yaml = manifest_for(
+            &fx,
+            &src,
+            &"a".repeat(64),
+            &format!("commands:\n  timeout: {bad}\n  pre: ['true']\n"),
+        );
+        let log = fx.deploy(&yaml).failed();
+        assert!(log.contains("load manifest failed"), "{bad}: {log}");
+        assert!(log.contains("commands.timeout"), "{bad}: {log}");
+        assert_eq!(server.hits("/a.tar.gz"), 0, "{bad}: downloaded");
+        assert!(!log.contains("invoking command"), "{log}");
+    }
+}
+
+#[test]
 fn invalid_strategy_and_checksum_length_fail_before_download() {
     let sum = "a".repeat(64);
     validation_error("sync_strategy: scp\n", &sum, "invalid strategy name: scp");

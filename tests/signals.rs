@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, app_manifest, manifest_for, many_files, sha256, signal, stops_within_a_second,
+    alive, app_manifest, manifest_for, many_files, read_pid, sha256, signal, stops_within_a_second,
     wait_exit, wait_for, Fixture,
 };
 
@@ -105,4 +105,54 @@ fn a_signal_while_the_manifest_server_hangs_cancels_the_fetch() {
         lines.iter().any(|l| l.contains("load manifest failed")),
         "{lines:?}"
     );
+}
+
+/// Starts a deploy whose `pre` hook ignores SIGTERM (and so does its
+/// child); returns the agent, its log and the child's pid file.
+fn stubborn_hook(
+    fx: &Fixture,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::path::PathBuf,
+) {
+    let pid_file = fx.path("stubborn.pid");
+    let url = fx.manifest(&app_manifest(
+        fx,
+        &format!(
+            "commands:\n  pre:\n    - \"trap '' TERM; sleep 60 & echo $! > {}; echo pre-$((1+1))-up; wait\"\n",
+            pid_file.display()
+        ),
+    ));
+    let (child, rx) = fx.watch(Some(&url), &[]);
+    wait_for(&rx, "pre-2-up");
+    (child, rx, pid_file)
+}
+
+#[test]
+fn a_hook_that_ignores_sigterm_is_killed_after_a_grace() {
+    let fx = Fixture::new();
+    let (mut child, rx, pid_file) = stubborn_hook(&fx);
+    let started = Instant::now();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    wait_for(&rx, "Done");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!alive(read_pid(&pid_file)), "the hook's group survived");
+    fx.assert_no_temp_files();
+}
+
+#[test]
+fn a_second_signal_kills_a_hook_that_ignores_sigterm_at_once() {
+    let fx = Fixture::new();
+    let (mut child, rx, pid_file) = stubborn_hook(&fx);
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    stops_within_a_second(&mut child, &[libc::SIGINT]);
+    wait_for(&rx, "Done");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!alive(read_pid(&pid_file)), "the hook's group survived");
+    fx.assert_no_temp_files();
 }

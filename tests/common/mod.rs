@@ -224,6 +224,14 @@ pub fn alive(pid: i32) -> bool {
             .contains(") Z ")
 }
 
+/// The pid a hook wrote to `path` (`echo $! > path`).
+pub fn read_pid(path: &Path) -> i32 {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in {}: {text:?}", path.display()))
+}
+
 /// Sends `sig` to the agent.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: signalling our own child process.
