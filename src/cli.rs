@@ -77,7 +77,7 @@ struct Args {
           value_parser = ["", "-v", "-vv", "-vvv"])]
     rsync_verbose: String,
 
-    /// Remember deployed events here and skip replays of them
+    /// Remember deployed events here and skip replays of them (the run fails before deploying if it cannot write DIR)
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 

@@ -128,7 +128,7 @@ async fn run_logged(
         let state = config
             .state_dir
             .as_deref()
-            .map(StateDir::open)
+            .map(StateDir::open_writable)
             .transpose()
             .at(Step::Event)?;
         if let (Some(state), Some(source), false) = (&state, &event.source, config.force) {

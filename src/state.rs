@@ -186,6 +186,16 @@ impl StateDir {
         })
     }
 
+    /// Uses `dir` for a run that records in it: fails unless this run can
+    /// (a state dir it may not write would turn the replay guard off).
+    pub fn open_writable(dir: &Path) -> Result<Self> {
+        let state = Self::open(dir)?;
+        state
+            .check_writable()
+            .with_context(|| format!("state dir {} is not writable", dir.display()))?;
+        Ok(state)
+    }
+
     fn load(&self) -> Result<State> {
         let path = self.dir.join(FILE);
         let mut state: State = match std::fs::read(&path) {
@@ -271,11 +281,15 @@ impl StateDir {
         &self.dir
     }
 
-    /// Fails unless this run may take the state dir's lock and read the
-    /// state file (what recording needs), changing nothing.
+    /// Fails unless this run may take the state dir's lock, read the state
+    /// file and write a new one beside it (what recording needs), changing
+    /// nothing.
     pub fn check_writable(&self) -> Result<()> {
         let _lock = self.lock()?;
-        self.load().map(drop)
+        self.load()?;
+        tempfile::tempfile_in(&self.dir)
+            .with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        Ok(())
     }
 
     /// Adds a rollback of `dest` from release `from` to `to` to every
