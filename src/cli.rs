@@ -101,6 +101,10 @@ struct Args {
     #[arg(long)]
     allow_downgrade: bool,
 
+    /// Deploy a signed manifest whose checksum is md5 or sha1 (refused under --verify-key: their collisions are practical), while migrating to sha256
+    #[arg(long)]
+    allow_weak_checksum: bool,
+
     /// Refuse manifest signatures whose timestamp is older than this (0 = no limit)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     max_signature_age: Option<Duration>,
@@ -307,6 +311,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     let signatures = if keys.is_empty() {
         let orphan = [
             (args.allow_downgrade, "--allow-downgrade"),
+            (args.allow_weak_checksum, "--allow-weak-checksum"),
             (args.max_signature_age.is_some(), "--max-signature-age"),
         ]
         .into_iter()
@@ -322,6 +327,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         Some(Policy {
             keys,
             allow_downgrade: args.allow_downgrade,
+            allow_weak_checksum: args.allow_weak_checksum,
             max_age: args.max_signature_age.filter(|d| !d.is_zero()),
         })
     };
@@ -436,6 +442,7 @@ mod tests {
             &file,
             "--max-signature-age=1h",
             "--allow-downgrade",
+            "--allow-weak-checksum",
         ];
         let Command::Run(config) = parse(os(&args)) else {
             panic!("not a run");
@@ -443,7 +450,7 @@ mod tests {
         let policy = config.signatures.unwrap();
         let ids: Vec<&str> = policy.keys.iter().map(|k| k.id()).collect();
         assert_eq!(ids, ["1FC62A5869B6EF0D", "BD2ABCB82DBD4AA0"]);
-        assert!(policy.allow_downgrade);
+        assert!(policy.allow_downgrade && policy.allow_weak_checksum);
         assert_eq!(policy.max_age, Some(Duration::from_secs(3600)));
     }
 
@@ -456,6 +463,7 @@ mod tests {
                 "--verify-key-file",
             ),
             (vec!["--allow-downgrade"], "--allow-downgrade"),
+            (vec!["--allow-weak-checksum"], "--allow-weak-checksum"),
             (vec!["--max-signature-age", "1h"], "--max-signature-age"),
             (
                 vec!["--verify-key", KEY, "--max-signature-age", "x"],

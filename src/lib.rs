@@ -317,6 +317,9 @@ async fn deploy(
     )
     .at(Step::Validate)?;
     digest::Verifier::new(&m.checksum).at(Step::Validate)?;
+    if let Some(policy) = &config.signatures {
+        policy.check_checksum(&m.checksum).at(Step::Validate)?;
+    }
     strategy.check(Path::new(&m.dest)).at(Step::Validate)?;
 
     let lock = async {

@@ -668,6 +668,67 @@ fn a_deploy_without_a_signature_time_leaves_the_recorded_one() {
     assert_eq!(recorded_times(&fx)[&fx.dest().display().to_string()], T2);
 }
 
+/// md5 and sha1 collisions are practical: a signature over a manifest
+/// pinning the archive by one of them is worth no more than a collision.
+#[test]
+fn md5_and_sha1_checksums_are_refused_under_verify_key_unless_allowed() {
+    use sha2::Digest;
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let server = Server::start();
+    let data = gzip(&app_tar());
+    let src = server.route("/app.tar.gz", Route::ok(data.clone()));
+    let key = ["--verify-key", signer.key.as_str()];
+    for (algorithm, sum) in [
+        ("md5", hex::encode(md5::Md5::digest(&data))),
+        ("sha1", hex::encode(sha1::Sha1::digest(&data))),
+    ] {
+        let yaml = manifest_for(&fx, &src, &sum, &marker_hooks(&fx));
+        let url = signed_manifest(&fx, &signer, &yaml, None);
+        let downloads = server.hits("/app.tar.gz");
+        let log = fx.run(&url, &key, &[]).failed();
+        let line = log
+            .lines()
+            .find(|l| l.contains("Deploy manifest failed"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            line.contains(&format!("checksum is {algorithm}"))
+                && line.contains("--allow-weak-checksum"),
+            "{line}"
+        );
+        // A failed deploy of a verified manifest: its failure hooks run,
+        // nothing is downloaded.
+        assert_eq!(hooks_ran(&fx), ["failure-ran"]);
+        assert_eq!(server.hits("/app.tar.gz"), downloads);
+        assert!(!fx.dest().exists());
+        std::fs::remove_file(fx.path("failure-ran")).unwrap();
+
+        let run = fx.run(
+            &common::consul_event("e1", 1, &url),
+            &key,
+            &[("CONSUL_INDEX", "1")],
+        );
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        assert!(run.stderr().contains(&format!("checksum is {algorithm}")));
+        assert!(!fx.dest().exists());
+        std::fs::remove_file(fx.path("failure-ran")).unwrap();
+
+        let mut allow = key.to_vec();
+        allow.push("--allow-weak-checksum");
+        fx.run(&url, &allow, &[]).ok();
+        assert!(fx.dest().join("index.html").exists());
+        assert_eq!(hooks_ran(&fx), ["pre-ran", "success-ran"]);
+        for marker in ["pre-ran", "success-ran"] {
+            std::fs::remove_file(fx.path(marker)).unwrap();
+        }
+        std::fs::remove_dir_all(fx.dest()).unwrap();
+    }
+    // Unsigned, an md5 checksum deploys as with Go stretcher.
+    let md5 = hex::encode(md5::Md5::digest(&data));
+    fx.run(&fx.manifest(&manifest_for(&fx, &src, &md5, "")), &[], &[])
+        .ok();
+}
+
 #[test]
 fn max_signature_age_refuses_old_and_timestampless_signatures() {
     let fx = Fixture::new();
