@@ -81,7 +81,7 @@ struct Args {
           value_parser = ["", "-v", "-vv", "-vvv"])]
     rsync_verbose: String,
 
-    /// Remember deployed events here and skip replays of them
+    /// Remember deployed events here and skip replays of them (the run fails before deploying if it cannot write DIR)
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
@@ -104,6 +104,10 @@ struct Args {
     /// Deploy a signed manifest even if it was signed earlier than the one last deployed to its dest (--state-dir)
     #[arg(long)]
     allow_downgrade: bool,
+
+    /// Deploy a signed manifest whose checksum is md5 or sha1 (refused under --verify-key: their collisions are practical), while migrating to sha256
+    #[arg(long)]
+    allow_weak_checksum: bool,
 
     /// Refuse manifest signatures whose timestamp is older than this (0 = no limit)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -314,6 +318,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
     let signatures = if keys.is_empty() {
         let orphan = [
             (args.allow_downgrade, "--allow-downgrade"),
+            (args.allow_weak_checksum, "--allow-weak-checksum"),
             (args.max_signature_age.is_some(), "--max-signature-age"),
         ]
         .into_iter()
@@ -329,6 +334,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         Some(Policy {
             keys,
             allow_downgrade: args.allow_downgrade,
+            allow_weak_checksum: args.allow_weak_checksum,
             max_age: args.max_signature_age.filter(|d| !d.is_zero()),
         })
     };
@@ -468,6 +474,7 @@ mod tests {
             &file,
             "--max-signature-age=1h",
             "--allow-downgrade",
+            "--allow-weak-checksum",
         ];
         let Command::Run(config) = parse(os(&args)) else {
             panic!("not a run");
@@ -475,7 +482,7 @@ mod tests {
         let policy = config.signatures.unwrap();
         let ids: Vec<&str> = policy.keys.iter().map(|k| k.id()).collect();
         assert_eq!(ids, ["1FC62A5869B6EF0D", "BD2ABCB82DBD4AA0"]);
-        assert!(policy.allow_downgrade);
+        assert!(policy.allow_downgrade && policy.allow_weak_checksum);
         assert_eq!(policy.max_age, Some(Duration::from_secs(3600)));
     }
 
@@ -488,6 +495,7 @@ mod tests {
                 "--verify-key-file",
             ),
             (vec!["--allow-downgrade"], "--allow-downgrade"),
+            (vec!["--allow-weak-checksum"], "--allow-weak-checksum"),
             (vec!["--max-signature-age", "1h"], "--max-signature-age"),
             (
                 vec!["--verify-key", KEY, "--max-signature-age", "x"],

@@ -1,8 +1,62 @@
 //! Checksum algorithm chosen by the length of the manifest's hex checksum:
 //! 32 md5, 40 sha1, 64 sha256, 128 sha512.
 
+use std::fmt;
+
 use anyhow::{bail, Result};
 use sha2::digest::DynDigest;
+
+/// A checksum algorithm, as the length of a hex checksum names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// 32 hex characters.
+    Md5,
+    /// 40 hex characters.
+    Sha1,
+    /// 64 hex characters.
+    Sha256,
+    /// 128 hex characters.
+    Sha512,
+}
+
+impl Algorithm {
+    /// The algorithm a hex checksum of this length is made with, if any.
+    pub fn of(checksum: &str) -> Option<Self> {
+        match checksum.len() {
+            32 => Some(Self::Md5),
+            40 => Some(Self::Sha1),
+            64 => Some(Self::Sha256),
+            128 => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
+    /// Whether collisions are practical (md5, sha1): two archives with one
+    /// checksum can be made, so the checksum does not pin one archive.
+    pub fn is_weak(self) -> bool {
+        matches!(self, Self::Md5 | Self::Sha1)
+    }
+
+    fn hasher(self) -> Box<dyn DynDigest + Send> {
+        match self {
+            Self::Md5 => Box::new(md5::Md5::default()),
+            Self::Sha1 => Box::new(sha1::Sha1::default()),
+            Self::Sha256 => Box::new(sha2::Sha256::default()),
+            Self::Sha512 => Box::new(sha2::Sha512::default()),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Md5 => "md5",
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+            Self::Sha512 => "sha512",
+        })
+    }
+}
 
 /// A running hash of the downloaded bytes and the checksum it must match.
 pub struct Verifier {
@@ -14,21 +68,18 @@ impl Verifier {
     /// Picks the algorithm for `checksum`; any other length, or a non-hex
     /// character, is an error naming the field.
     pub fn new(checksum: &str) -> Result<Self> {
-        let hasher: Box<dyn DynDigest + Send> = match checksum.len() {
-            32 => Box::new(md5::Md5::default()),
-            40 => Box::new(sha1::Sha1::default()),
-            64 => Box::new(sha2::Sha256::default()),
-            128 => Box::new(sha2::Sha512::default()),
-            n => bail!(
+        let Some(algorithm) = Algorithm::of(checksum) else {
+            bail!(
                 "checksum must be an md5, sha1, sha256 or sha512 hex string \
-                 (32, 40, 64 or 128 characters), got {n} characters: {checksum:?}"
-            ),
+                 (32, 40, 64 or 128 characters), got {} characters: {checksum:?}",
+                checksum.len()
+            );
         };
         if !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("checksum is not a hex string: {checksum:?}");
         }
         Ok(Self {
-            hasher,
+            hasher: algorithm.hasher(),
             expected: checksum.to_string(),
         })
     }

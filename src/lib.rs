@@ -8,6 +8,7 @@ pub mod cli;
 pub mod digest;
 pub mod event;
 pub mod fetch;
+pub mod guard;
 pub mod hooks;
 pub mod lock;
 pub mod log;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::Config;
 use crate::event::{Event, Invocation};
+use crate::guard::Guard;
 use crate::hooks::{Hooks, Phase};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -128,7 +130,7 @@ async fn run_logged(
         let state = config
             .state_dir
             .as_deref()
-            .map(StateDir::open)
+            .map(StateDir::open_writable)
             .transpose()
             .at(Step::Event)?;
         if let (Some(state), Some(source), false) = (&state, &event.source, config.force) {
@@ -170,14 +172,20 @@ async fn run_logged(
         (Some(state), false) => not_rolled_back(state, &manifest).err(),
         _ => None,
     };
+    let guard = Guard::new(
+        config.signatures.as_ref(),
+        state.as_ref(),
+        signed.as_ref(),
+        &manifest.dest,
+    );
     let result = match refused {
         Some(failure) => Err(failure),
-        None => deploy(&manifest, config, &mut hooks, cancel, facts).await,
+        None => deploy(&manifest, config, guard.as_ref(), &mut hooks, cancel, facts).await,
     };
     let (phase, lines) = match &result {
         Ok(()) => {
             ::log::info!("Deploy manifest succeeded.");
-            let signed_at = signed.and_then(|s| s.signed_at);
+            let signed_at = signed.as_ref().and_then(|s| s.signed_at);
             if let Some(Err(e)) = state
                 .as_ref()
                 .map(|s| record(s, &event, &manifest, signed_at))
@@ -243,7 +251,8 @@ fn record(state: &StateDir, event: &Event, m: &Manifest, signed_at: Option<u64>)
 /// Fetches and parses the manifest. With `--verify-key`, its raw bytes are
 /// first checked against `<url>.minisig` (fetched under the same timeout and
 /// the download's retry policy), and once its `dest` is known, against the
-/// signature time of the last deploy there (SPEC 8.5).
+/// signature time of what is deployed there (SPEC 8.5; checked again under
+/// the dest lock).
 async fn load_manifest(
     config: &Config,
     url: &str,
@@ -272,22 +281,21 @@ async fn load_manifest(
     let manifest = Manifest::parse(&text)
         .context("load manifest failed")
         .at(Step::Manifest)?;
-    if let (Some(state), false) = (state, manifest.dest.is_empty()) {
-        let last = state.dest_record(&manifest.dest).at(Step::Manifest)?;
-        policy
-            .check_downgrade(&signed, &manifest.dest, last.and_then(|r| r.signed_at))
-            .at(Step::Manifest)?;
+    if let Some(guard) = Guard::new(Some(policy), state, Some(&signed), &manifest.dest) {
+        guard.check().at(Step::Manifest)?;
     }
     Ok((manifest, Some(signed)))
 }
 
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,
 /// `pre`, place the archive into dest (the strategy's job: extract and
-/// sync, or stream), `post`. The temp file and dir are removed, and the lock
-/// released, on return.
+/// sync, or stream), `post`. A signed manifest's `guard` is checked under
+/// the lock and told once dest may have changed. The temp file and dir are
+/// removed, and the lock released, on return.
 async fn deploy(
     m: &Manifest,
     config: &Config,
+    guard: Option<&Guard<'_>>,
     hooks: &mut Hooks<'_>,
     cancel: &CancellationToken,
     facts: &mut Facts,
@@ -311,6 +319,9 @@ async fn deploy(
     )
     .at(Step::Validate)?;
     digest::Verifier::new(&m.checksum).at(Step::Validate)?;
+    if let Some(policy) = &config.signatures {
+        policy.check_checksum(&m.checksum).at(Step::Validate)?;
+    }
     strategy.check(Path::new(&m.dest)).at(Step::Validate)?;
 
     let lock = async {
@@ -320,6 +331,9 @@ async fn deploy(
         }
     };
     let _lock = cancellable(cancel, lock).await.at(Step::Lock)?;
+    if let Some(guard) = guard {
+        guard.check().at(Step::Validate)?;
+    }
 
     let options = fetch::Options {
         max_bandwidth: config.max_bandwidth,
@@ -355,7 +369,11 @@ async fn deploy(
         };
         Ok(strategy.place(&job))
     });
-    let leftovers = placed.await.at(Step::Sync)??;
+    let placed = placed.await;
+    if let Some(guard) = guard {
+        guard.dest_changed();
+    }
+    let leftovers = placed.at(Step::Sync)??;
     drop(shown);
     drop(download);
     // From here on the new release is live: post, success and failure

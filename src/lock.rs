@@ -179,7 +179,7 @@ pub fn resolve_link(link: &Path) -> PathBuf {
 /// `dest` as one physical path, whichever way it is written: its longest
 /// existing prefix with symlinks resolved (a dest given through a symlink
 /// and by its real path lock the same directories), the rest as written.
-fn resolve(dest: &Path) -> PathBuf {
+pub fn resolve(dest: &Path) -> PathBuf {
     let dest = if dest.is_absolute() {
         dest.to_path_buf()
     } else {

@@ -17,6 +17,7 @@ use base64::Engine;
 use minisign_verify::{PublicKey, Signature};
 use tokio::io::AsyncReadExt;
 
+use crate::digest::Algorithm;
 use crate::source;
 use crate::units::format_duration;
 
@@ -77,6 +78,8 @@ pub struct Policy {
     pub keys: Vec<TrustedKey>,
     /// Deploy a manifest signed earlier than the one deployed last.
     pub allow_downgrade: bool,
+    /// Deploy a manifest whose `checksum` is md5 or sha1.
+    pub allow_weak_checksum: bool,
     /// Refuse signatures whose timestamp is older than this.
     pub max_age: Option<Duration>,
 }
@@ -155,6 +158,26 @@ impl Policy {
             (Some(_), None) => {}
         }
         Ok(verified)
+    }
+
+    /// Refuses a verified manifest's `checksum` made with an algorithm whose
+    /// collisions are practical (md5, sha1), unless `--allow-weak-checksum`:
+    /// the signature pins the archive no better than its checksum does.
+    pub fn check_checksum(&self, checksum: &str) -> Result<()> {
+        let Some(weak) = Algorithm::of(checksum).filter(|a| a.is_weak()) else {
+            return Ok(());
+        };
+        if self.allow_weak_checksum {
+            log::info!(
+                "checksum is {weak}, whose collisions are practical: \
+                 deploying the signed manifest anyway (--allow-weak-checksum)"
+            );
+            return Ok(());
+        }
+        bail!(
+            "checksum is {weak}, whose collisions are practical: a signed manifest must pin \
+             its archive by sha256 or sha512; use --allow-weak-checksum while migrating"
+        )
     }
 
     /// Refuses `verified` when it was signed earlier than the manifest last
@@ -534,6 +557,27 @@ HPbt7AcAgb8mHP3JZhfszrPuBAbGJ58YbS3UebKm3YSkY85nj5bO5dqm7BN145hHip/6tyQcD1DGJmq0
         assert!(allow
             .check_downgrade(&signed(Some(1)), "/srv/app", Some(2))
             .is_ok());
+    }
+
+    #[test]
+    fn md5_and_sha1_checksums_are_refused_unless_allowed() {
+        let p = policy(&[KEY_A]);
+        for (sum, name) in [("0".repeat(32), "md5"), ("0".repeat(40), "sha1")] {
+            let err = p.check_checksum(&sum).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("checksum is {name}, "))
+                    && err.ends_with("use --allow-weak-checksum while migrating"),
+                "{err}"
+            );
+        }
+        for sum in ["0".repeat(64), "0".repeat(128)] {
+            assert!(p.check_checksum(&sum).is_ok());
+        }
+        let allow = Policy {
+            allow_weak_checksum: true,
+            ..p
+        };
+        assert!(allow.check_checksum(&"0".repeat(32)).is_ok());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Source, System};
-use crate::lock::resolve_link;
+use crate::lock::{resolve, resolve_link};
 
 const FILE: &str = "state.json";
 const LOCK: &str = "state.lock";
@@ -123,7 +123,9 @@ impl Deployed {
     }
 }
 
-/// What a dest last received.
+/// What a dest last received. Kept under the dest's resolved path (see
+/// [`DestId`]); files written before that keep it under the manifest's
+/// spelling, which is still read, and moved on the next write.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DestRecord {
     /// Manifest URL.
@@ -135,9 +137,11 @@ pub struct DestRecord {
     pub event: Option<String>,
     /// RFC 3339 time of the deploy.
     pub deployed_at: String,
-    /// The `timestamp:` (Unix seconds) of the manifest's signature, when
-    /// it was signed (SPEC 8.5): a manifest signed earlier is a downgrade.
-    /// Absent from files written before signatures were checked.
+    /// The `timestamp:` (Unix seconds) of the signature of the newest
+    /// manifest that changed this dest, whether or not its deploy then
+    /// succeeded (SPEC 8.5): a manifest signed earlier is a downgrade. Only
+    /// `--allow-downgrade` lowers it; a deploy without a signature time
+    /// leaves it. Absent from files written before signatures were checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<u64>,
     /// Rollbacks by `stretcher rollback` since this deploy.
@@ -165,6 +169,67 @@ struct State {
     dests: BTreeMap<String, DestRecord>,
 }
 
+impl State {
+    /// Every record of `dest`, under any spelling of it, as one.
+    fn dest(&self, dest: &DestId) -> Option<DestRecord> {
+        let ours = self.dests.iter().filter(|(key, _)| dest.names(key));
+        ours.map(|(_, record)| record.clone()).reduce(merge)
+    }
+
+    /// Removes every record of `dest` and returns them as one (an empty
+    /// record when there is none), to be put back under `dest`'s key.
+    fn take_dest(&mut self, dest: &DestId) -> DestRecord {
+        let (ours, others) = std::mem::take(&mut self.dests)
+            .into_iter()
+            .partition::<BTreeMap<_, _>, _>(|(key, _)| dest.names(key));
+        self.dests = others;
+        ours.into_values().reduce(merge).unwrap_or_default()
+    }
+}
+
+/// Two records of one dest (kept under two spellings of it by an earlier
+/// version) as one: the later deploy's, with the higher signature time and
+/// the rollbacks of both.
+fn merge(a: DestRecord, b: DestRecord) -> DestRecord {
+    let when = |r: &DestRecord| chrono::DateTime::parse_from_rfc3339(&r.deployed_at).ok();
+    let (mut later, earlier) = if when(&b) > when(&a) { (b, a) } else { (a, b) };
+    later.signed_at = later.signed_at.max(earlier.signed_at);
+    later.rolled_back.extend(earlier.rolled_back);
+    later.rolled_back.sort_by(|x, y| x.at.cmp(&y.at));
+    later
+}
+
+/// A dest however a manifest or a command line writes it (`dest/`,
+/// `x/../dest`, relative, through a symlinked parent): resolved as the
+/// dest lock resolves it.
+struct DestId {
+    /// Parents resolved, dest itself not followed: the key of its record.
+    link: PathBuf,
+    /// Every existing part resolved, dest itself followed.
+    real: PathBuf,
+}
+
+impl DestId {
+    fn of(dest: &Path) -> Self {
+        DestId {
+            link: resolve_link(dest),
+            real: resolve(dest),
+        }
+    }
+
+    /// The state file key its record is written under.
+    fn key(&self) -> String {
+        self.link.display().to_string()
+    }
+
+    /// Whether the state file key `key` (written by this version, or a
+    /// manifest's spelling written by an earlier one) is this dest.
+    fn names(&self, key: &str) -> bool {
+        let other = DestId::of(Path::new(key));
+        other.link == self.link || other.real == self.real
+    }
+}
+
 /// The state directory.
 pub struct StateDir {
     dir: PathBuf,
@@ -184,6 +249,16 @@ impl StateDir {
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Uses `dir` for a run that records in it: fails unless this run can
+    /// (a state dir it may not write would turn the replay guard off).
+    pub fn open_writable(dir: &Path) -> Result<Self> {
+        let state = Self::open(dir)?;
+        state
+            .check_writable()
+            .with_context(|| format!("state dir {} is not writable", dir.display()))?;
+        Ok(state)
     }
 
     fn load(&self) -> Result<State> {
@@ -237,22 +312,48 @@ impl StateDir {
         })
     }
 
-    /// What `dest` last received, if a deploy to it was recorded.
+    /// What `dest` last received, under any spelling of it, if a deploy to
+    /// it was recorded.
     pub fn dest_record(&self, dest: &str) -> Result<Option<DestRecord>> {
-        Ok(self.load()?.dests.remove(dest))
+        Ok(self.load()?.dest(&DestId::of(Path::new(dest))))
     }
 
-    /// Records a successful deploy. Runs take turns on the state dir's lock
-    /// to read, change and write the state file, so none loses another's
-    /// record; the write is atomic (a temp file renamed over the old one).
-    pub fn record(&self, source: Option<&Source>, dest: &str, record: DestRecord) -> Result<()> {
+    /// Records a successful deploy. The dest's signature time stays when
+    /// `record` has none or an earlier one (only [`StateDir::note_signed`]
+    /// lowers it). Runs take turns on the state dir's lock to read, change
+    /// and write the state file, so none loses another's record; the write
+    /// is atomic (a temp file renamed over the old one).
+    pub fn record(
+        &self,
+        source: Option<&Source>,
+        dest: &str,
+        mut record: DestRecord,
+    ) -> Result<()> {
         self.update(|state| {
             if let Some(source) = source {
                 state.events.entry(key(source)).or_default().note(source);
             }
             if !dest.is_empty() {
-                state.dests.insert(dest.to_string(), record);
+                let dest = DestId::of(Path::new(dest));
+                record.signed_at = record.signed_at.max(state.take_dest(&dest).signed_at);
+                state.dests.insert(dest.key(), record);
             }
+        })
+    }
+
+    /// Notes that `dest` now holds (some of) a tree from a manifest signed
+    /// at `signed_at`, whatever becomes of the deploy: the dest's signature
+    /// time is raised to it, or with `lower` (`--allow-downgrade`) set to
+    /// it. The rest of the dest's record is left as it was.
+    pub fn note_signed(&self, dest: &str, signed_at: u64, lower: bool) -> Result<()> {
+        self.update(|state| {
+            let dest = DestId::of(Path::new(dest));
+            let mut record = state.take_dest(&dest);
+            record.signed_at = match lower {
+                true => Some(signed_at),
+                false => record.signed_at.max(Some(signed_at)),
+            };
+            state.dests.insert(dest.key(), record);
         })
     }
 
@@ -271,52 +372,39 @@ impl StateDir {
         &self.dir
     }
 
-    /// Fails unless this run may take the state dir's lock and read the
-    /// state file (what recording needs), changing nothing.
+    /// Fails unless this run may take the state dir's lock, read the state
+    /// file and write a new one beside it (what recording needs), changing
+    /// nothing.
     pub fn check_writable(&self) -> Result<()> {
         let _lock = self.lock()?;
-        self.load().map(drop)
+        self.load()?;
+        tempfile::tempfile_in(&self.dir)
+            .with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        Ok(())
     }
 
-    /// Adds a rollback of `dest` from release `from` to `to` to every
-    /// record of that dest, however its manifest spelled it (a trailing
-    /// `/`, a symlinked parent); without one, to a new record under its
-    /// physical path.
+    /// Adds a rollback of `dest` from release `from` to `to` to its record,
+    /// however it is spelled (a trailing `/`, a symlinked parent).
     pub fn record_rollback(&self, dest: &Path, from: &str, to: &str) -> Result<()> {
         let rollback = RolledBack {
             from: from.to_string(),
             to: to.to_string(),
             at: chrono::Utc::now().to_rfc3339(),
         };
-        let want = resolve_link(dest);
         self.update(|state| {
-            let mut recorded = false;
-            for (key, record) in state.dests.iter_mut() {
-                if resolve_link(Path::new(key)) == want {
-                    record.rolled_back.push(rollback.clone());
-                    recorded = true;
-                }
-            }
-            if !recorded {
-                let record = DestRecord {
-                    rolled_back: vec![rollback],
-                    ..DestRecord::default()
-                };
-                state.dests.insert(want.display().to_string(), record);
-            }
+            let dest = DestId::of(dest);
+            let mut record = state.take_dest(&dest);
+            record.rolled_back.push(rollback);
+            state.dests.insert(dest.key(), record);
         })
     }
 
     /// The rollbacks recorded for `dest`, under any spelling of it.
     pub fn rollbacks(&self, dest: &str) -> Result<Vec<RolledBack>> {
-        let want = resolve_link(Path::new(dest));
-        let state = self.load()?;
-        Ok(state
-            .dests
-            .into_iter()
-            .filter(|(key, _)| resolve_link(Path::new(key)) == want)
-            .flat_map(|(_, record)| record.rolled_back)
-            .collect())
+        Ok(self
+            .dest_record(dest)?
+            .map(|record| record.rolled_back)
+            .unwrap_or_default())
     }
 }
 
@@ -539,6 +627,79 @@ mod tests {
         };
         state.record(None, "/srv/app", signed.clone()).unwrap();
         assert_eq!(state.dest_record("/srv/app").unwrap(), Some(signed));
+    }
+
+    #[test]
+    fn records_under_other_spellings_of_a_dest_are_read_as_one_and_moved_to_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("app")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("link")).unwrap();
+        let app = root.join("app").display().to_string();
+        let state = StateDir::open(&root.join("state")).unwrap();
+        // As earlier versions wrote them: keyed by each manifest's spelling.
+        let older = serde_json::json!({"events": {}, "dests": {
+            format!("{app}/"): {"manifest": "file:///v2.yml", "checksum": "b",
+                "deployed_at": "2024-01-02T00:00:00+00:00", "signed_at": 200,
+                "rolled_back": [{"from": "r3", "to": "r2", "at": "2024-01-03T00:00:00+00:00"}]},
+            format!("{}/link/./app", root.display()): {"manifest": "file:///v3.yml",
+                "checksum": "c", "deployed_at": "2024-01-04T00:00:00+00:00", "signed_at": 100},
+            "/elsewhere/app": {"manifest": "file:///x.yml", "checksum": "x",
+                "deployed_at": "2024-01-05T00:00:00+00:00", "signed_at": 900},
+        }});
+        std::fs::write(root.join("state").join(FILE), older.to_string()).unwrap();
+
+        let up_and_back = format!("{}/state/../app", root.display());
+        for spelling in [app.clone(), format!("{app}//"), up_and_back] {
+            let got = state.dest_record(&spelling).unwrap().unwrap();
+            assert_eq!(
+                (got.manifest.as_str(), got.signed_at, got.rolled_back.len()),
+                ("file:///v3.yml", Some(200), 1),
+                "{spelling}"
+            );
+            assert_eq!(state.rollbacks(&spelling).unwrap()[0].from, "r3");
+        }
+
+        let deployed = DestRecord {
+            manifest: "file:///v4.yml".into(),
+            signed_at: Some(150),
+            ..DestRecord::default()
+        };
+        state.record(None, &format!("{app}/"), deployed).unwrap();
+        let dests = read_dests(&root.join("state")).unwrap();
+        let keys: Vec<&str> = dests.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/elsewhere/app", app.as_str()]);
+        assert_eq!(dests[&app].signed_at, Some(200), "never lowered");
+        assert_eq!(dests[&app].manifest, "file:///v4.yml");
+        assert_eq!(dests[&app].rolled_back, []);
+    }
+
+    #[test]
+    fn a_dests_signature_time_is_lowered_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let dest = dir.path().join("app").display().to_string();
+        let signed_at = || state.dest_record(&dest).unwrap().unwrap().signed_at;
+        let deploy = |signed_at| DestRecord {
+            manifest: "file:///m.yml".into(),
+            signed_at,
+            ..DestRecord::default()
+        };
+
+        state.note_signed(&dest, 100, false).unwrap();
+        assert_eq!(signed_at(), Some(100));
+        state.note_signed(&dest, 50, false).unwrap();
+        assert_eq!(signed_at(), Some(100));
+        state.record(None, &dest, deploy(None)).unwrap();
+        assert_eq!(signed_at(), Some(100), "a deploy without a signature time");
+        state.record(None, &dest, deploy(Some(80))).unwrap();
+        assert_eq!(signed_at(), Some(100));
+        state.note_signed(&dest, 60, true).unwrap();
+        assert_eq!(signed_at(), Some(60), "--allow-downgrade");
+        let record = state.dest_record(&dest).unwrap().unwrap();
+        assert_eq!(record.manifest, "file:///m.yml", "the rest is kept");
+        state.record(None, &dest, deploy(Some(70))).unwrap();
+        assert_eq!(signed_at(), Some(70));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -101,6 +102,43 @@ fn a_failed_event_is_not_recorded_and_is_retried_on_replay() {
     let log = fx.run(&events, &args, &[("CONSUL_INDEX", "1")]).stderr();
     assert!(!log.contains("already deployed"), "{log}");
     assert!(log.contains("load manifest failed"), "{log}");
+}
+
+/// A `--state-dir` the agent's user may read but not write would let every
+/// replay deploy again: the run fails before it deploys, and says why.
+#[test]
+fn an_unwritable_state_dir_fails_the_run_before_it_deploys() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to make a state dir the agent cannot write");
+        return;
+    }
+    let fx = Fixture::new();
+    let v1 = counting_manifest(&fx, "v1", "v1");
+    // Root's, mode 0755: readable, not writable, by the agent's user.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    let report = fx.path("report.json").display().to_string();
+    let args = ["--state-dir", state_arg, "--report-file", &report];
+    let events = consul_events(&[("e1", 1, &v1)]);
+    for _ in 0..2 {
+        let run = fx.run_unprivileged(&events, &args, &[("CONSUL_INDEX", "1")]);
+        assert_eq!(run.code(), 0, "always 0 under consul watch");
+        let log = run.stderr();
+        assert!(
+            log.contains(&format!("state dir {state_arg} is not writable")),
+            "{log}"
+        );
+        assert!(!log.contains("Executing manifest"), "{log}");
+        assert_eq!(deploys(&fx), Vec::<String>::new());
+        assert!(!fx.dest().exists());
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(report["result"], "failure", "{report}");
+    }
+    let log = fx.run_unprivileged(&v1, &args, &[]).failed();
+    assert!(log.contains("is not writable"), "{log}");
+    assert!(!fx.dest().exists());
 }
 
 #[test]

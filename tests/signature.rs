@@ -337,40 +337,107 @@ fn a_key_file_verifies_like_a_key() {
     );
 }
 
+/// A manifest deploying `<name>.tar.gz`, an archive of one file,
+/// `version.txt`, holding `text`, into `dest`; `extra` appended.
+fn versioned_to(fx: &Fixture, name: &str, text: &str, dest: &str, extra: &str) -> String {
+    let data = gzip(&tar(&[Member::File("version.txt", text.as_bytes(), 0o644)]));
+    fx.write(&format!("{name}.tar.gz"), &data);
+    format!(
+        "src: {}\nchecksum: {}\ndest: {dest}\n{extra}",
+        fx.url(&format!("{name}.tar.gz")),
+        sha256(&data)
+    )
+}
+
+/// [`versioned_to`] the fixture's dest.
+fn versioned(fx: &Fixture, name: &str, text: &str, extra: &str) -> String {
+    versioned_to(fx, name, text, &fx.dest().display().to_string(), extra)
+}
+
+/// Writes `yaml` as `<name>.yml`, signs it with `comment` (minisign's
+/// default when `None`) and returns its URL.
+fn signed_as(
+    fx: &Fixture,
+    signer: &Signer,
+    name: &str,
+    yaml: &str,
+    comment: Option<&str>,
+) -> String {
+    let rel = format!("{name}.yml");
+    fx.write(&rel, yaml);
+    signer.sign(&fx.path(&rel), comment);
+    fx.url(&rel)
+}
+
+/// What dest's `version.txt` holds.
+fn deployed(fx: &Fixture) -> String {
+    std::fs::read_to_string(fx.dest().join("version.txt")).unwrap()
+}
+
+/// `--verify-key` and `--state-dir` in the fixture.
+fn guarded(fx: &Fixture, signer: &Signer) -> Vec<String> {
+    vec![
+        "--verify-key".into(),
+        signer.key.clone(),
+        "--state-dir".into(),
+        fx.path("state").display().to_string(),
+    ]
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The signature time recorded for each dest in the state file.
+fn recorded_times(fx: &Fixture) -> serde_json::Map<String, serde_json::Value> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.path("state/state.json")).unwrap()).unwrap();
+    state["dests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(dest, record)| (dest.clone(), record["signed_at"].clone()))
+        .collect()
+}
+
+const T1: u64 = 1_700_000_000;
+const T2: u64 = 1_700_000_100;
+const T3: u64 = 1_700_000_200;
+
+/// The log line refusing a manifest signed at [`T1`] over one at [`T2`].
+fn downgrade_refused(log: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("refusing a downgrade"))
+        .unwrap_or_else(|| panic!("not refused as a downgrade:\n{log}"));
+    assert!(
+        line.contains("manifest signed at 2023-11-14T22:13:20Z is older than the one deployed to ")
+            && line.contains("(signed at 2023-11-14T22:15:00Z)"),
+        "{line}"
+    );
+}
+
 #[test]
 fn an_older_signed_manifest_is_a_downgrade_unless_allowed() {
     let fx = Fixture::new();
     let signer = Signer::new();
-    let state = fx.path("state");
-    let key_args = [
-        "--verify-key",
-        &signer.key,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let version = |text: &[u8], name: &str| {
-        let data = gzip(&tar(&[Member::File("version.txt", text, 0o644)]));
-        fx.write(name, &data);
-        manifest_for(&fx, &fx.url(name), &sha256(&data), "")
-    };
+    let args = guarded(&fx, &signer);
+    let key_args = strs(&args);
     let (v1, v2) = (
-        version(b"v1\n", "v1.tar.gz"),
-        version(b"v2, newer\n", "v2.tar.gz"),
+        versioned(&fx, "v1", "v1\n", ""),
+        versioned(&fx, "v2", "v2, newer\n", ""),
     );
-    let deployed = || std::fs::read_to_string(fx.dest().join("version.txt")).unwrap();
 
-    let url = signed_manifest(&fx, &signer, &v2, Some(&at(1_700_000_100)));
+    let url = signed_manifest(&fx, &signer, &v2, Some(&at(T2)));
     fx.run(&url, &key_args, &[]).ok();
-    assert_eq!(deployed(), "v2, newer\n");
-    let recorded: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(deployed(&fx), "v2, newer\n");
     let dest = fx.dest().display().to_string();
-    assert_eq!(recorded["dests"][&dest]["signed_at"], 1_700_000_100);
+    assert_eq!(recorded_times(&fx)[&dest], T2);
 
     // The same signature again is no downgrade.
     fx.run(&url, &key_args, &[]).ok();
 
-    signed_manifest(&fx, &signer, &v1, Some(&at(1_700_000_000)));
+    signed_manifest(&fx, &signer, &v1, Some(&at(T1)));
     let log = fx.run(&url, &key_args, &[]).failed();
     let line = refusal(&log, "downgrade");
     assert!(
@@ -380,12 +447,286 @@ fn an_older_signed_manifest_is_a_downgrade_unless_allowed() {
         )),
         "{line}"
     );
-    assert_eq!(deployed(), "v2, newer\n");
+    assert_eq!(deployed(&fx), "v2, newer\n");
 
     let mut allow = key_args.to_vec();
     allow.push("--allow-downgrade");
     fx.run(&url, &allow, &[]).ok();
-    assert_eq!(deployed(), "v1\n");
+    assert_eq!(deployed(&fx), "v1\n");
+    // --allow-downgrade lowered the recorded time: a manifest signed
+    // between the two deploys again.
+    assert_eq!(recorded_times(&fx)[&dest], T1);
+    let between = signed_as(&fx, &signer, "between", &v2, Some(&at(T1 + 50)));
+    fx.run(&between, &key_args, &[]).ok();
+    assert_eq!(deployed(&fx), "v2, newer\n");
+}
+
+/// An older signed manifest that passed the check while a newer deploy held
+/// the dest lock is checked again once it has the lock.
+#[test]
+fn a_run_that_waited_behind_a_newer_deploy_is_refused_as_a_downgrade() {
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let args = guarded(&fx, &signer);
+    let args = strs(&args);
+    let (started, go) = (fx.path("started"), fx.path("go"));
+    // The newer deploy holds the lock in its `pre` hook until told to go on.
+    let hold = format!(
+        "commands:\n  pre:\n    - 'touch {}; while [ ! -e {} ]; do sleep 0.05; done'\n",
+        started.display(),
+        go.display()
+    );
+    let newer = signed_as(
+        &fx,
+        &signer,
+        "v2",
+        &versioned(&fx, "v2", "v2, newer\n", &hold),
+        Some(&at(T2)),
+    );
+    let older = signed_as(
+        &fx,
+        &signer,
+        "v1",
+        &versioned(&fx, "v1", "v1\n", ""),
+        Some(&at(T1)),
+    );
+
+    let mut first = fx.spawn(&newer, &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the newer deploy never ran pre");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut second, lines) = fx.watch(Some(&older), &args);
+    common::wait_for(&lines, "waiting for lock");
+    fx.write("go", "");
+    assert_eq!(common::wait_exit(&mut first), 0);
+    let code = common::wait_exit(&mut second);
+    let log: Vec<String> = lines.iter().collect();
+    let log = log.join("\n");
+    assert_eq!(code, 1, "{log}");
+    downgrade_refused(&log);
+    assert_eq!(deployed(&fx), "v2, newer\n");
+    fx.assert_no_temp_files();
+}
+
+/// `dest/`, `x/../dest`, a relative or a symlinked-parent spelling of dest
+/// are the dest the newer manifest was deployed to.
+#[test]
+fn every_spelling_of_dest_is_one_dest_to_the_downgrade_guard() {
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let args = guarded(&fx, &signer);
+    let args = strs(&args);
+    let newer = signed_as(
+        &fx,
+        &signer,
+        "v2",
+        &versioned(&fx, "v2", "v2, newer\n", ""),
+        Some(&at(T2)),
+    );
+    fx.run(&newer, &args, &[]).ok();
+
+    std::fs::create_dir(fx.path("x")).unwrap();
+    std::os::unix::fs::symlink(fx.root.path(), fx.path("link")).unwrap();
+    let (dest, root) = (fx.dest().display().to_string(), fx.root.path().display());
+    for spelling in [
+        format!("{dest}/"),
+        format!("{dest}//"),
+        format!("{root}/x/../dest"),
+        format!("{root}/./dest"),
+        format!("{root}/link/dest"),
+        "dest".to_string(),
+        "./dest/".to_string(),
+    ] {
+        let yaml = versioned_to(&fx, "v1", "v1\n", &spelling, "");
+        let older = signed_as(&fx, &signer, "v1", &yaml, Some(&at(T1)));
+        let log = fx.run(&older, &args, &[]).failed();
+        downgrade_refused(&log);
+        assert_eq!(deployed(&fx), "v2, newer\n", "{spelling}");
+    }
+}
+
+/// Earlier versions keyed the record by dest as its manifest spelled it;
+/// such a record still guards the dest, and is moved to the resolved key
+/// by the next deploy.
+#[test]
+fn a_state_file_keyed_by_another_spelling_of_dest_still_guards_it() {
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let args = guarded(&fx, &signer);
+    let args = strs(&args);
+    let dest = fx.dest().display().to_string();
+    fx.write(
+        "state/state.json",
+        format!(
+            r#"{{"events":{{}},"dests":{{"{dest}/":{{"manifest":"file:///v2.yml","checksum":"ab",
+                "event":null,"deployed_at":"2024-01-01T00:00:00+00:00","signed_at":{T2}}}}}}}"#
+        ),
+    );
+    let older = signed_as(
+        &fx,
+        &signer,
+        "v1",
+        &versioned(&fx, "v1", "v1\n", ""),
+        Some(&at(T1)),
+    );
+    downgrade_refused(&fx.run(&older, &args, &[]).failed());
+    assert!(!fx.dest().exists());
+
+    let newer = signed_as(
+        &fx,
+        &signer,
+        "v3",
+        &versioned(&fx, "v3", "v3, the newest\n", ""),
+        Some(&at(T3)),
+    );
+    fx.run(&newer, &args, &[]).ok();
+    let times = recorded_times(&fx);
+    assert_eq!(times.len(), 1, "{times:?}");
+    assert_eq!(times[&dest], T3);
+}
+
+/// A deploy whose `post` fails has changed dest: the signature time of what
+/// is live there is recorded, while the event stays unrecorded (SPEC 8.4).
+#[test]
+fn a_deploy_that_failed_after_changing_dest_still_guards_it() {
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let args = guarded(&fx, &signer);
+    let args = strs(&args);
+    let post = format!(
+        "commands:\n  post: ['test -e {}']\n",
+        fx.path("ok").display()
+    );
+    let newer = signed_as(
+        &fx,
+        &signer,
+        "v2",
+        &versioned(&fx, "v2", "v2, newer\n", &post),
+        Some(&at(T2)),
+    );
+    let event = common::consul_event("e2", 2, &newer);
+    let consul = [("CONSUL_INDEX", "2")];
+    let log = fx.run(&event, &args, &consul).ok();
+    assert!(
+        log.contains("Deploy manifest failed: failed: test -e"),
+        "{log}"
+    );
+    assert_eq!(deployed(&fx), "v2, newer\n");
+
+    let older = signed_as(
+        &fx,
+        &signer,
+        "v1",
+        &versioned(&fx, "v1", "v1\n", ""),
+        Some(&at(T1)),
+    );
+    downgrade_refused(&fx.run(&older, &args, &[]).failed());
+    assert_eq!(deployed(&fx), "v2, newer\n");
+
+    // The failed event was not recorded as deployed: it deploys again.
+    fx.write("ok", "");
+    let log = fx.run(&event, &args, &consul).ok();
+    assert!(log.contains("Deploy manifest succeeded."), "{log}");
+}
+
+/// Neither a hand deploy without `--verify-key` on the same `--state-dir`
+/// nor a signature without `timestamp:` lowers the recorded time.
+#[test]
+fn a_deploy_without_a_signature_time_leaves_the_recorded_one() {
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let args = guarded(&fx, &signer);
+    let args = strs(&args);
+    let newer = signed_as(
+        &fx,
+        &signer,
+        "v2",
+        &versioned(&fx, "v2", "v2, newer\n", ""),
+        Some(&at(T2)),
+    );
+    fx.run(&newer, &args, &[]).ok();
+    let older = signed_as(
+        &fx,
+        &signer,
+        "v1",
+        &versioned(&fx, "v1", "v1\n", ""),
+        Some(&at(T1)),
+    );
+    let v3 = versioned(&fx, "v3", "v3, the newest\n", "");
+
+    let by_hand = fx.manifest(&v3);
+    fx.run(&by_hand, &args[2..], &[]).ok();
+    assert_eq!(deployed(&fx), "v3, the newest\n");
+    downgrade_refused(&fx.run(&older, &args, &[]).failed());
+
+    let no_time = signed_as(&fx, &signer, "v3", &v3, Some("release 3"));
+    fx.run(&no_time, &args, &[]).ok();
+    downgrade_refused(&fx.run(&older, &args, &[]).failed());
+    assert_eq!(deployed(&fx), "v3, the newest\n");
+    assert_eq!(recorded_times(&fx)[&fx.dest().display().to_string()], T2);
+}
+
+/// md5 and sha1 collisions are practical: a signature over a manifest
+/// pinning the archive by one of them is worth no more than a collision.
+#[test]
+fn md5_and_sha1_checksums_are_refused_under_verify_key_unless_allowed() {
+    use sha2::Digest;
+    let fx = Fixture::new();
+    let signer = Signer::new();
+    let server = Server::start();
+    let data = gzip(&app_tar());
+    let src = server.route("/app.tar.gz", Route::ok(data.clone()));
+    let key = ["--verify-key", signer.key.as_str()];
+    for (algorithm, sum) in [
+        ("md5", hex::encode(md5::Md5::digest(&data))),
+        ("sha1", hex::encode(sha1::Sha1::digest(&data))),
+    ] {
+        let yaml = manifest_for(&fx, &src, &sum, &marker_hooks(&fx));
+        let url = signed_manifest(&fx, &signer, &yaml, None);
+        let downloads = server.hits("/app.tar.gz");
+        let log = fx.run(&url, &key, &[]).failed();
+        let line = log
+            .lines()
+            .find(|l| l.contains("Deploy manifest failed"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            line.contains(&format!("checksum is {algorithm}"))
+                && line.contains("--allow-weak-checksum"),
+            "{line}"
+        );
+        // A failed deploy of a verified manifest: its failure hooks run,
+        // nothing is downloaded.
+        assert_eq!(hooks_ran(&fx), ["failure-ran"]);
+        assert_eq!(server.hits("/app.tar.gz"), downloads);
+        assert!(!fx.dest().exists());
+        std::fs::remove_file(fx.path("failure-ran")).unwrap();
+
+        let run = fx.run(
+            &common::consul_event("e1", 1, &url),
+            &key,
+            &[("CONSUL_INDEX", "1")],
+        );
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        assert!(run.stderr().contains(&format!("checksum is {algorithm}")));
+        assert!(!fx.dest().exists());
+        std::fs::remove_file(fx.path("failure-ran")).unwrap();
+
+        let mut allow = key.to_vec();
+        allow.push("--allow-weak-checksum");
+        fx.run(&url, &allow, &[]).ok();
+        assert!(fx.dest().join("index.html").exists());
+        assert_eq!(hooks_ran(&fx), ["pre-ran", "success-ran"]);
+        for marker in ["pre-ran", "success-ran"] {
+            std::fs::remove_file(fx.path(marker)).unwrap();
+        }
+        std::fs::remove_dir_all(fx.dest()).unwrap();
+    }
+    // Unsigned, an md5 checksum deploys as with Go stretcher.
+    let md5 = hex::encode(md5::Md5::digest(&data));
+    fx.run(&fx.manifest(&manifest_for(&fx, &src, &md5, "")), &[], &[])
+        .ok();
 }
 
 #[test]
