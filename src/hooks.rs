@@ -20,6 +20,10 @@ pub enum Phase {
     Success,
     /// After a failed deploy.
     Failure,
+    /// A `verify:` `command` check.
+    Verify,
+    /// After an automatic rollback (`commands.rollback`).
+    Rollback,
 }
 
 impl Phase {
@@ -29,6 +33,8 @@ impl Phase {
             Phase::Post => "post",
             Phase::Success => "success",
             Phase::Failure => "failure",
+            Phase::Verify => "verify",
+            Phase::Rollback => "rollback",
         }
     }
 }
@@ -114,6 +120,13 @@ impl Hooks<'_> {
 
     fn command(&self, phase: Phase, line: &str) -> Command {
         log::info!("invoking command: {line}");
+        self.shell(phase, line)
+    }
+
+    /// `sh -c <line>` with the hooks' variables and `STRETCHER_PHASE`, in
+    /// its own process group, killed on drop; not logged (a polled
+    /// `verify` check runs it often).
+    pub fn shell(&self, phase: Phase, line: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(line)

@@ -26,6 +26,7 @@ pub mod step;
 pub mod sync;
 pub mod template;
 pub mod units;
+pub mod verify;
 
 use std::future::Future;
 use std::path::Path;
@@ -170,7 +171,7 @@ async fn run_logged(
     };
     let result = match refused {
         Some(failure) => Err(failure),
-        None => deploy(&manifest, config, &mut hooks, cancel, facts).await,
+        None => deploy(&manifest, config, state.as_ref(), &mut hooks, facts).await,
     };
     let (phase, lines) = match &result {
         Ok(()) => {
@@ -286,16 +287,14 @@ async fn load_manifest(
 async fn deploy(
     m: &Manifest,
     config: &Config,
+    state: Option<&StateDir>,
     hooks: &mut Hooks<'_>,
-    cancel: &CancellationToken,
     facts: &mut Facts,
 ) -> Result<(), Failure> {
+    let cancel = hooks.cancel;
     if m.src.is_empty() {
         hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
-        return hooks
-            .run(Phase::Post, &m.commands.post)
-            .await
-            .at(Step::Post);
+        return post_and_verify(m, hooks).await;
     }
 
     let strategy = sync::from_name(
@@ -366,10 +365,53 @@ async fn deploy(
     }
     interrupted(cancel).at(Step::Sync)?;
 
+    let result = post_and_verify(m, hooks).await;
+    match (result, leftovers.release_dir()) {
+        (Err(failure), Some(_)) if config.auto_rollback => {
+            let rollback = verify::AutoRollback {
+                dest: Path::new(&m.dest),
+                lines: &m.commands.rollback,
+                state,
+                verify: m.verify.as_ref(),
+            };
+            let (failure, live) = rollback.run(failure, hooks).await;
+            if let Some(dir) = live {
+                facts.rolled_back = true;
+                facts.release = Some(dir.display().to_string());
+            }
+            Err(failure)
+        }
+        (Err(failure), Some(dir)) => {
+            ::log::info!(
+                "Not rolling back (--no-auto-rollback): {} stays live",
+                dir.display()
+            );
+            Err(failure)
+        }
+        (Err(failure), None) if failure.step == Step::Verify => {
+            let name = Some(m.sync_strategy.as_str()).filter(|s| !s.is_empty());
+            ::log::info!(
+                "sync_strategy {} keeps no previous tree: nothing to roll back to",
+                name.unwrap_or("rsync")
+            );
+            Err(failure)
+        }
+        (result, _) => result,
+    }
+}
+
+/// `post`, then the `verify:` checks, which compare with what they saw
+/// just before `post` ran (SPEC 8.7).
+async fn post_and_verify(m: &Manifest, hooks: &Hooks<'_>) -> Result<(), Failure> {
+    let before = m.verify.as_ref().map(verify::Verify::baseline);
     hooks
         .run(Phase::Post, &m.commands.post)
         .await
-        .at(Step::Post)
+        .at(Step::Post)?;
+    match (&m.verify, before) {
+        (Some(checks), Some(before)) => checks.run(&before, hooks).await.at(Step::Verify),
+        _ => Ok(()),
+    }
 }
 
 /// Runs blocking file work off the async workers.
