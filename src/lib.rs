@@ -366,38 +366,21 @@ async fn deploy(
     interrupted(cancel).at(Step::Sync)?;
 
     let result = post_and_verify(m, hooks).await;
-    match (result, leftovers.release_dir()) {
-        (Err(failure), Some(_)) if config.auto_rollback => {
-            let rollback = verify::AutoRollback {
-                dest: Path::new(&m.dest),
-                lines: &m.commands.rollback,
-                state,
-                verify: m.verify.as_ref(),
-            };
-            let (failure, live) = rollback.run(failure, hooks).await;
-            if let Some(dir) = live {
-                facts.rolled_back = true;
-                facts.release = Some(dir.display().to_string());
-            }
-            Err(failure)
-        }
-        (Err(failure), Some(dir)) => {
-            ::log::info!(
-                "Not rolling back (--no-auto-rollback): {} stays live",
-                dir.display()
-            );
-            Err(failure)
-        }
-        (Err(failure), None) if failure.step == Step::Verify => {
-            let name = Some(m.sync_strategy.as_str()).filter(|s| !s.is_empty());
-            ::log::info!(
-                "sync_strategy {} keeps no previous tree: nothing to roll back to",
-                name.unwrap_or("rsync")
-            );
-            Err(failure)
-        }
-        (result, _) => result,
+    let rollback = verify::AutoRollback {
+        dest: Path::new(&m.dest),
+        release: leftovers.release_dir(),
+        enabled: config.auto_rollback,
+        strategy: &m.sync_strategy,
+        lines: &m.commands.rollback,
+        state,
+        verify: m.verify.as_ref(),
+    };
+    let (result, live) = rollback.after(result, hooks).await;
+    if let Some(dir) = live {
+        facts.rolled_back = true;
+        facts.release = Some(dir.display().to_string());
     }
+    result
 }
 
 /// `post`, then the `verify:` checks, which compare with what they saw
