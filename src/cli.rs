@@ -121,6 +121,10 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     metrics_file: Option<PathBuf>,
 
+    /// When a `sync_strategy: release` deploy fails its post hooks or verify checks, leave the new release live instead of switching back to the previous one
+    #[arg(long)]
+    no_auto_rollback: bool,
+
     /// Show version and exit
     #[arg(short = 'v', long)]
     version: bool,
@@ -227,6 +231,9 @@ pub struct Config {
     pub report_file: Option<PathBuf>,
     /// Where each run's Prometheus metrics go (SPEC 8.6).
     pub metrics_file: Option<PathBuf>,
+    /// Switch a release dest back when `post` or `verify` fails (SPEC
+    /// 8.7); off with `--no-auto-rollback`.
+    pub auto_rollback: bool,
 }
 
 /// The outcome of parsing the command line.
@@ -356,6 +363,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Command {
         signatures,
         report_file: args.report_file,
         metrics_file: args.metrics_file,
+        auto_rollback: !args.no_auto_rollback,
     })
 }
 

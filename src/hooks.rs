@@ -37,6 +37,10 @@ pub enum Phase {
     Success,
     /// After a failed deploy.
     Failure,
+    /// A `verify:` `command` check.
+    Verify,
+    /// After an automatic rollback (`commands.rollback`).
+    Rollback,
 }
 
 impl Phase {
@@ -46,6 +50,8 @@ impl Phase {
             Phase::Post => "post",
             Phase::Success => "success",
             Phase::Failure => "failure",
+            Phase::Verify => "verify",
+            Phase::Rollback => "rollback",
         }
     }
 }
@@ -153,7 +159,14 @@ impl Hooks<'_> {
 
     fn command(&self, phase: Phase, line: &str) -> Command {
         log::info!("invoking command: {line}");
-        let mut cmd = Command::new(shell());
+        self.shell(phase, line)
+    }
+
+    /// `sh -c <line>` with the hooks' variables, `STRETCHER_PHASE` and
+    /// `commands.env`, in its own process group, killed on drop; not
+    /// logged (a polled `verify` check runs it often).
+    pub fn shell(&self, phase: Phase, line: &str) -> Command {
+        let mut cmd = Command::new(sh_path());
         cmd.arg0("sh")
             .arg("-c")
             .arg(line)
@@ -168,7 +181,7 @@ impl Hooks<'_> {
 
 /// `sh` as the agent's own PATH finds it, as Go's `exec.Command` looks it
 /// up; std would search a PATH set by `commands.env` instead.
-fn shell() -> PathBuf {
+fn sh_path() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .filter(|dir| dir.is_absolute())

@@ -27,6 +27,7 @@ pub mod step;
 pub mod sync;
 pub mod template;
 pub mod units;
+pub mod verify;
 
 use std::future::Future;
 use std::path::Path;
@@ -180,7 +181,13 @@ async fn run_logged(
     );
     let result = match refused {
         Some(failure) => Err(failure),
-        None => deploy(&manifest, config, guard.as_ref(), &mut hooks, cancel, facts).await,
+        None => {
+            let records = Records {
+                state: state.as_ref(),
+                guard: guard.as_ref(),
+            };
+            deploy(&manifest, config, records, &mut hooks, facts).await
+        }
     };
     let (phase, lines) = match &result {
         Ok(()) => {
@@ -287,25 +294,29 @@ async fn load_manifest(
     Ok((manifest, Some(signed)))
 }
 
+/// What a deploy checks and records in `--state-dir`: its rollback records
+/// and, for a signed manifest, the downgrade guard.
+struct Records<'a> {
+    state: Option<&'a StateDir>,
+    guard: Option<&'a Guard<'a>>,
+}
+
 /// The deploy pipeline, in SPEC order: validate, lock, download and verify,
 /// `pre`, place the archive into dest (the strategy's job: extract and
-/// sync, or stream), `post`. A signed manifest's `guard` is checked under
+/// sync, or stream), `post`. A signed manifest's guard is checked under
 /// the lock and told once dest may have changed. The temp file and dir are
 /// removed, and the lock released, on return.
 async fn deploy(
     m: &Manifest,
     config: &Config,
-    guard: Option<&Guard<'_>>,
+    records: Records<'_>,
     hooks: &mut Hooks<'_>,
-    cancel: &CancellationToken,
     facts: &mut Facts,
 ) -> Result<(), Failure> {
+    let cancel = hooks.cancel;
     if m.src.is_empty() {
         hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
-        return hooks
-            .run(Phase::Post, &m.commands.post)
-            .await
-            .at(Step::Post);
+        return post_and_verify(m, hooks).await;
     }
 
     let strategy = sync::from_name(
@@ -331,7 +342,12 @@ async fn deploy(
         }
     };
     let _lock = cancellable(cancel, lock).await.at(Step::Lock)?;
-    if let Some(guard) = guard {
+    // Again under the lock: a run that waited may be behind a newer deploy
+    // or a rollback.
+    if let (Some(state), false) = (records.state, config.force) {
+        not_rolled_back(state, m)?;
+    }
+    if let Some(guard) = records.guard {
         guard.check().at(Step::Validate)?;
     }
 
@@ -370,7 +386,7 @@ async fn deploy(
         Ok(strategy.place(&job))
     });
     let placed = placed.await;
-    if let Some(guard) = guard {
+    if let Some(guard) = records.guard {
         guard.dest_changed();
     }
     let leftovers = placed.at(Step::Sync)??;
@@ -386,10 +402,36 @@ async fn deploy(
     }
     interrupted(cancel).at(Step::Sync)?;
 
+    let result = post_and_verify(m, hooks).await;
+    let rollback = verify::AutoRollback {
+        dest: Path::new(&m.dest),
+        release: leftovers.release_dir(),
+        enabled: config.auto_rollback,
+        strategy: &m.sync_strategy,
+        lines: &m.commands.rollback,
+        state: records.state,
+        verify: m.verify.as_ref(),
+    };
+    let (result, live) = rollback.after(result, hooks).await;
+    if let Some(dir) = live {
+        facts.rolled_back = true;
+        facts.release = Some(dir.display().to_string());
+    }
+    result
+}
+
+/// `post`, then the `verify:` checks, which compare with what they saw
+/// just before `post` ran (SPEC 8.7).
+async fn post_and_verify(m: &Manifest, hooks: &Hooks<'_>) -> Result<(), Failure> {
+    let before = m.verify.as_ref().map(verify::Verify::baseline);
     hooks
         .run(Phase::Post, &m.commands.post)
         .await
-        .at(Step::Post)
+        .at(Step::Post)?;
+    match (&m.verify, before) {
+        (Some(checks), Some(before)) => checks.run(&before, hooks).await.at(Step::Verify),
+        _ => Ok(()),
+    }
 }
 
 /// Runs blocking file work off the async workers.

@@ -10,6 +10,7 @@ use yaml_serde::Value;
 
 use crate::template;
 use crate::units::parse_duration;
+use crate::verify::Verify;
 
 /// Default mode of the deployed tree's root, as upstream.
 pub const DEFAULT_DEST_MODE: u32 = 0o755;
@@ -45,6 +46,9 @@ pub struct Manifest {
     /// Hook command lines.
     #[serde(deserialize_with = "commands")]
     pub commands: Commands,
+    /// Checks that the new version serves (SPEC 8.7); `None` without a
+    /// `verify:` section.
+    pub verify: Option<Verify>,
 }
 
 /// Hook command lines by phase, each run as `sh -c <line>`.
@@ -63,6 +67,9 @@ pub struct Commands {
     /// After a failed deploy, with the run log on stdin.
     #[serde(deserialize_with = "scalars")]
     pub failure: Vec<String>,
+    /// After an automatic rollback (`sync_strategy: release`, SPEC 8.7).
+    #[serde(deserialize_with = "scalars")]
+    pub rollback: Vec<String>,
     /// Variables added to every hook's environment, last (they win over
     /// the agent's own), in the order written (a repeated name: the later).
     #[serde(deserialize_with = "env_vars")]
@@ -145,7 +152,7 @@ fn check_nesting(text: &str) -> Result<()> {
 /// A YAML scalar as the text the user wrote, as yaml.v2 reads it into a Go
 /// string: `checksum: 0123…` stays `0123…`, not a number (a checksum made
 /// only of digits is a valid md5 or sha).
-struct Text(String);
+pub(crate) struct Text(pub(crate) String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

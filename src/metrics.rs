@@ -115,6 +115,11 @@ fn render(report: &Report, counts: &Counts, now: f64) -> String {
         report.duration_seconds.to_string(),
     );
     gauge(
+        "stretcher_last_run_rolled_back",
+        "1 if the last run failed and switched dest back to the previous release, 0 otherwise.",
+        u8::from(report.rolled_back).to_string(),
+    );
+    gauge(
         "stretcher_last_run_bytes",
         "Bytes the last run downloaded.",
         report.bytes.to_string(),
@@ -143,6 +148,7 @@ mod tests {
             checksum: None,
             dest: None,
             release: None,
+            rolled_back: true,
             started_at: String::new(),
             duration_seconds: 0.25,
             bytes: 7,
@@ -155,6 +161,10 @@ mod tests {
         let text = render(&report, &[3, 1, 4], 1.5);
         assert!(text.contains("stretcher_last_run_success 0\n"), "{text}");
         assert!(text.contains("stretcher_last_run_duration_seconds 0.25\n"));
+        assert!(
+            text.contains("stretcher_last_run_rolled_back 1\n"),
+            "{text}"
+        );
         assert_eq!(parse_counts(&text), Some([3, 1, 4]));
     }
 

@@ -22,7 +22,7 @@ pub enum Outcome {
     /// The run failed during `step`.
     Failed {
         /// `event`, `manifest`, `validate`, `lock`, `download`, `pre`,
-        /// `extract`, `sync` or `post`.
+        /// `extract`, `sync`, `post` or `verify`.
         step: &'static str,
         /// The error, on one line.
         error: String,

@@ -490,6 +490,21 @@ pub fn rollback(dest: &Path, to: Option<&str>, state: Option<&StateDir>) -> Resu
     Ok(())
 }
 
+/// An automatic rollback (SPEC 8.7), under the deploy's lock: when the
+/// live release of `dest` was made live by a deploy that replaced another
+/// release still there, switches back to that one as [`rollback`] does
+/// (the history, the state dir record) and returns its name; `None` when
+/// the deploy replaced no release.
+pub fn roll_back_deploy(dest: &Path, state: Option<&StateDir>) -> Result<Option<String>> {
+    let layout = Layout::of(dest)?;
+    let previous = layout.live().and_then(|live| layout.replaced_by(&live));
+    let Some(previous) = previous else {
+        return Ok(None);
+    };
+    rollback(dest, Some(&previous), state)?;
+    Ok(Some(previous))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

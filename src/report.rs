@@ -33,6 +33,9 @@ pub struct Facts {
     pub release: Option<String>,
     /// Bytes of `src` downloaded.
     pub bytes: u64,
+    /// A failed release deploy switched `dest` back (SPEC 8.7); `release`
+    /// is then the release switched back to.
+    pub rolled_back: bool,
 }
 
 impl Facts {
@@ -91,8 +94,14 @@ pub struct Report {
     pub checksum: Option<String>,
     /// The manifest's `dest`.
     pub dest: Option<String>,
-    /// The release directory (release strategies only).
+    /// The release directory `dest` points to after the run (release
+    /// strategies only): the new one, or after an automatic rollback the
+    /// one switched back to.
     pub release: Option<String>,
+    /// Whether a failed deploy switched `dest` back to the previous
+    /// release (SPEC 8.7).
+    #[serde(default)]
+    pub rolled_back: bool,
     /// When the run started, RFC 3339 in UTC.
     pub started_at: String,
     /// How long the run took.
@@ -131,6 +140,7 @@ impl Report {
             checksum: facts.checksum,
             dest: facts.dest,
             release: facts.release,
+            rolled_back: facts.rolled_back,
             started_at: started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             duration_seconds: (took.as_secs_f64() * 1000.0).round() / 1000.0,
             bytes: facts.bytes,
@@ -193,6 +203,24 @@ mod tests {
         for field in ["release", "src", "event_id"] {
             assert!(json[field].is_null(), "{field}");
         }
-        assert_eq!(json.as_object().unwrap().len(), 14);
+        assert_eq!(json["rolled_back"], false);
+        assert_eq!(json.as_object().unwrap().len(), 15);
+    }
+
+    #[test]
+    fn a_report_written_before_rolled_back_existed_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        let mut old = serde_json::to_value(Report::new(
+            Facts::default(),
+            &Outcome::Skipped("ev".into()),
+            DateTime::from_timestamp(0, 0).unwrap(),
+            Duration::ZERO,
+        ))
+        .unwrap();
+        old.as_object_mut().unwrap().remove("rolled_back");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let read = Report::read(&path).unwrap().unwrap();
+        assert!(!read.rolled_back);
     }
 }

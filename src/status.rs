@@ -81,6 +81,14 @@ fn last_run(out: &mut String, r: &Report) {
         field(out, "step", r.step.as_ref());
         field(out, "error", r.error.as_ref());
     }
+    if r.rolled_back {
+        let live = r.release.clone().unwrap_or_default();
+        field(
+            out,
+            "rollback",
+            Some(&format!("dest switched back to {live}")),
+        );
+    }
     field(out, "manifest", r.manifest.as_ref());
     field(out, "event", r.event_id.as_ref());
     field(out, "src", r.src.as_ref());

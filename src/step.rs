@@ -26,6 +26,8 @@ pub enum Step {
     Sync,
     /// The `post` hooks.
     Post,
+    /// The `verify:` checks (SPEC 8.7).
+    Verify,
 }
 
 impl Step {
@@ -41,6 +43,7 @@ impl Step {
             Step::Extract => "extract",
             Step::Sync => "sync",
             Step::Post => "post",
+            Step::Verify => "verify",
         }
     }
 }

@@ -321,7 +321,9 @@ fn a_failing_post_after_the_switch_is_a_failure_with_the_new_release_live() {
     );
     let url = fx.manifest(&manifest(&fx, 2, &hooks));
     let report = fx.path("report.json").display().to_string();
-    let log = fx.run(&url, &["--report-file", &report], &[]).failed();
+    // Without --no-auto-rollback, dest would be switched back (tests/verify.rs).
+    let args = ["--report-file", &report, "--no-auto-rollback"];
+    let log = fx.run(&url, &args, &[]).failed();
     assert!(log.contains("Deploy manifest failed"), "{log}");
     assert_eq!(
         std::fs::read(fx.dest().join("a")).unwrap(),

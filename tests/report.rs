@@ -12,13 +12,14 @@ use std::process::Command;
 use common::{app_manifest, consul_event, gzip, hostname, sha256, Fixture};
 use serde_json::Value;
 
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "result",
     "manifest",
     "src",
     "checksum",
     "dest",
     "release",
+    "rolled_back",
     "started_at",
     "duration_seconds",
     "bytes",
@@ -138,6 +139,7 @@ fn a_successful_deploy_reports_every_field_and_its_metrics() {
     assert_eq!(report["checksum"], sha256(&archive).as_str());
     assert_eq!(report["dest"], fx.dest().display().to_string().as_str());
     assert!(report["release"].is_null(), "no release strategy: {report}");
+    assert_eq!(report["rolled_back"], false);
     assert_eq!(report["bytes"], archive.len() as u64);
     assert!(report["error"].is_null() && report["step"].is_null());
     assert!(report["event_id"].is_null(), "a plain line has no event");
@@ -152,6 +154,7 @@ fn a_successful_deploy_reports_every_field_and_its_metrics() {
 
     let metrics = parse_metrics(&fx.path("out/stretcher.prom"));
     assert_eq!(gauge(&metrics, "stretcher_last_run_success"), 1.0);
+    assert_eq!(gauge(&metrics, "stretcher_last_run_rolled_back"), 0.0);
     assert_eq!(
         gauge(&metrics, "stretcher_last_run_bytes"),
         archive.len() as f64
