@@ -61,8 +61,14 @@ pub struct Native {
 impl Native {
     /// Checks the manifest's `excludes` now, before any download.
     pub fn new(settings: Settings) -> Result<Self> {
+        Self::named(settings, "native")
+    }
+
+    /// The engine of the `sync_strategy` named `strategy` (`release`
+    /// builds on it), which its messages name.
+    pub(super) fn named(settings: Settings, strategy: &'static str) -> Result<Self> {
         Ok(Native {
-            excludes: Excludes::new(&settings.excludes)?,
+            excludes: Excludes::new(&settings.excludes, strategy)?,
             exclude_from: settings.exclude_from,
         })
     }
@@ -114,6 +120,16 @@ pub(super) enum Target<'a> {
     /// mode and owner is hard linked from it instead of written (`rsync
     /// --link-dest`); nothing else is ever changed there.
     NewRelease(Option<&'a Path>),
+}
+
+impl Target<'_> {
+    /// The `sync_strategy` that places this way, for messages.
+    fn strategy(&self) -> &'static str {
+        match self {
+            Target::Dest => "native",
+            Target::NewRelease(_) => "release",
+        }
+    }
 }
 
 /// Streams the job's archive into `dest` (made when missing), as `into`

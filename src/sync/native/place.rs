@@ -60,9 +60,10 @@ impl Sink for Placer<'_> {
         if let Some(link) = rel.ancestors().skip(1).find(|a| self.symlinks.contains(*a)) {
             bail!(
                 "archive member {:?} goes through the symlink {:?} in the archive: \
-                 sync_strategy native never writes through links (rsync does this)",
+                 sync_strategy {} never writes through links (rsync does this)",
                 m.name,
-                link
+                link,
+                self.into.strategy()
             );
         }
         if let Some(file) = rel
