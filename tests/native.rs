@@ -6,6 +6,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{
@@ -373,4 +374,58 @@ fn a_first_deploy_renames_the_extraction_into_place_and_equals_rsync() {
     assert_eq!(native, by_rsync);
     let nlink = std::fs::metadata(fx.dest().join("b.txt")).unwrap().nlink();
     assert_eq!(nlink, 1, "copies, as rsync -a makes");
+}
+
+/// Writes `data` as `name` in the fixture and returns a manifest deploying
+/// it into `dest` with `strategy`.
+fn manifest_into(fx: &Fixture, dest: &Path, name: &str, data: &[u8], strategy: &str) -> String {
+    fx.write(name, data);
+    format!(
+        "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: {strategy}\n",
+        fx.url(name),
+        sha256(data),
+        dest.display()
+    )
+}
+
+/// The log counts every path that went, as rsync's `deleting` lines do:
+/// the files of a directory that a file replaced, and a directory the
+/// archive no longer has with what it held.
+#[test]
+fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
+    let docs: Vec<String> = (0..50).map(|i| format!("docs/page{i}.html")).collect();
+    let mut members: Vec<Member> = docs
+        .iter()
+        .map(|p| Member::File(p, b"a page\n", 0o644))
+        .collect();
+    members.extend([
+        Member::File("old/a", b"a\n", 0o644),
+        Member::File("old/b", b"b\n", 0o644),
+        Member::File("old/sub/c", b"c\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    let v1 = tar(&members);
+    let v2 = tar(&[
+        Member::File("docs", b"now a file\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    // With an exclude (that matches nothing), directories go path by path.
+    for excludes in ["", "excludes: [never-matches]\n"] {
+        let deleted = ["rsync", "native"].map(|strategy| {
+            let fx = Fixture::new();
+            let deploy = |name: &str, data: &[u8]| {
+                let yaml = manifest_into(&fx, &fx.dest(), name, data, strategy) + excludes;
+                fx.deploy(&yaml).ok()
+            };
+            deploy("v1.tar", &v1);
+            deploy("v2.tar", &v2)
+        });
+        let by_rsync = deleted[0].lines().filter(|l| l.starts_with("deleting "));
+        assert_eq!(by_rsync.count(), 55, "{}", deleted[0]);
+        assert!(
+            deleted[1].contains("native sync: 1 written, 1 unchanged, 55 deleted"),
+            "{excludes}{}",
+            deleted[1]
+        );
+    }
 }

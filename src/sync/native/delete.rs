@@ -1,5 +1,7 @@
 //! The delete pass: what dest has and the archive lacks goes, but excluded
-//! paths; and removing a directory that a non-directory replaces.
+//! paths; and removing a directory that a non-directory replaces. The log
+//! counts every path that goes, as rsync's `deleting` lines do (a
+//! directory replaced by a file counts what it held).
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,19 +14,22 @@ use super::Placer;
 use crate::step::interrupted;
 
 impl Placer<'_> {
-    /// Removes a directory that a non-directory replaces. Excluded paths
-    /// inside it are kept, and then it cannot go (rsync fails the same way).
+    /// Removes a directory that a non-directory replaces, and forgets it
+    /// and what it held. Excluded paths inside it are kept, and then it
+    /// cannot go (rsync fails the same way).
     pub(super) fn remove_dir(&mut self, rel: &Path, path: &Path) -> Result<()> {
+        let below = paths_below(rel, path);
         if self.excludes.is_empty() {
-            return crate::scratch::remove_tree(path)
-                .with_context(|| format!("replacing {}", path.display()));
-        }
-        if !self.delete_unprotected(rel, path)? {
+            crate::scratch::remove_tree(path)
+                .with_context(|| format!("replacing {}", path.display()))?;
+            self.counts.deleted += below.len() as u64;
+        } else if !self.delete_unprotected(rel, path)? {
             bail!(
                 "cannot replace the directory {}: it holds excluded paths",
                 path.display()
             );
         }
+        self.forget_dir(rel, below);
         Ok(())
     }
 
@@ -68,20 +73,21 @@ impl Placer<'_> {
                 fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
                 self.counts.deleted += 1;
             } else if self.excludes.is_empty() {
+                let below = paths_below(&child, &path).len() as u64;
                 crate::scratch::remove_tree(&path)
                     .with_context(|| format!("deleting {}", path.display()))?;
-                self.counts.deleted += 1;
-            } else {
+                self.counts.deleted += below + 1;
+            } else if self.delete_unprotected(&child, &path)? {
                 // What cannot go because it holds excluded paths stays,
                 // as with rsync.
-                self.delete_unprotected(&child, &path)?;
+                self.counts.deleted += 1;
             }
         }
         Ok(())
     }
 
     /// Deletes the directory `path` (at `rel`) except excluded paths in it;
-    /// whether it could go entirely.
+    /// whether it could go entirely. Counts what went below it.
     fn delete_unprotected(&mut self, rel: &Path, path: &Path) -> Result<bool> {
         let mut empty = true;
         let meta = fs::symlink_metadata(path)?;
@@ -95,7 +101,9 @@ impl Placer<'_> {
             if self.excludes.excludes(&child, is_dir) {
                 empty = false;
             } else if is_dir {
-                empty &= self.delete_unprotected(&child, &entry.path())?;
+                let gone = self.delete_unprotected(&child, &entry.path())?;
+                self.counts.deleted += u64::from(gone);
+                empty &= gone;
             } else {
                 fs::remove_file(entry.path())
                     .with_context(|| format!("deleting {}", entry.path().display()))?;
@@ -104,7 +112,6 @@ impl Placer<'_> {
         }
         if empty {
             fs::remove_dir(path).with_context(|| format!("deleting {}", path.display()))?;
-            self.counts.deleted += 1;
         }
         Ok(empty)
     }

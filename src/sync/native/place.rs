@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use filetime::FileTime;
 
-use super::delete::paths_below;
 use super::meta::{mtime_of, Owner, Wanted};
 use super::quick_check::{fix_in_place, Check};
 use super::temp::TempName;
@@ -463,9 +462,7 @@ impl Placer<'_> {
     pub(super) fn rename_over(&mut self, rel: &Path, path: &Path, temp: TempName) -> Result<()> {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
-                let below = paths_below(rel, path);
                 self.remove_dir(rel, path)?;
-                self.forget_dir(rel, below);
             }
             Ok(meta) => self.note_original(rel, path, &meta),
             Err(_) => {}
