@@ -429,3 +429,104 @@ fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
         );
     }
 }
+
+/// The hidden names (temp files, old copies) anywhere below `dir`.
+fn hidden_below(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-mindepth", "1", "-name", ".*"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Native deploys wherever real rsync does (SPEC 8.1): a redeploy that
+/// changes every file needs room for one more file, not for the old and
+/// the new tree. A 2 MiB filesystem holding three 500 kB files, and one
+/// with inodes for its files and one spare, each take a redeploy that
+/// changes every file, with rsync and with native alike.
+#[test]
+fn a_redeploy_changing_every_file_fits_wherever_rsync_fits() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let (big_v1, big_v2) = (vec![b'1'; 500_000], vec![b'2'; 499_000]);
+    let big = |data: &[u8]| {
+        tar(&[
+            Member::File("a.bin", data, 0o644),
+            Member::File("b.bin", data, 0o644),
+            Member::File("c.bin", data, 0o644),
+        ])
+    };
+    let twenty = |data: &[u8]| {
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let members: Vec<Member> = names.iter().map(|n| Member::File(n, data, 0o644)).collect();
+        tar(&members)
+    };
+    let cases = [
+        ("size=2m", big(&big_v1), big(&big_v2)),
+        // The filesystem's root, dest and 20 files, and one spare.
+        ("nr_inodes=23", twenty(b"v1\n"), twenty(b"version 2\n")),
+    ];
+    for (options, v1, v2) in &cases {
+        let trees = ["rsync", "native"].map(|strategy| {
+            let fx = Fixture::new();
+            let small = fx.path("small");
+            std::fs::create_dir(&small).unwrap();
+            let _tmpfs = common::Tmpfs::mount(&small, options);
+            let dest = small.join("app");
+            for (name, data) in [("v1.tar", v1), ("v2.tar", v2)] {
+                let yaml = manifest_into(&fx, &dest, name, data, strategy);
+                let run = fx.deploy(&yaml);
+                assert_eq!(
+                    run.code(),
+                    0,
+                    "{strategy} deploying {name} on a tmpfs with {options}:\n{}",
+                    run.stderr()
+                );
+            }
+            assert_eq!(hidden_below(&small), Vec::<String>::new());
+            tree(&dest)
+        });
+        assert_eq!(trees[0], trees[1], "{options}");
+    }
+}
+
+/// A redeploy killed part-way leaves at most the file it was writing under
+/// a temp name, not an old copy of every file it had replaced; the next
+/// deploy leaves none.
+#[test]
+fn a_killed_redeploy_leaves_no_pile_of_old_copies() {
+    let fx = Fixture::new();
+    let v1 = many_files(5_000);
+    let v2 = common::many_files_of(5_000, b"other bytes, a few more than before\n");
+    let dest = fx.dest();
+    fx.deploy(&manifest_into(&fx, &dest, "v1.tar", &v1, "native"))
+        .ok();
+    let url = fx.manifest(&manifest_into(&fx, &dest, "v2.tar", &v2, "native"));
+    let (mut child, _rx) = fx.watch(Some(&url), &[]);
+    // Members come in order: once f1000 is new, 1,000 files were replaced.
+    let landmark = dest.join("d0/f1000");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&landmark).map(|m| m.len()).unwrap_or(0) != 36 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never got there");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = dest.join("d99/f4999");
+    assert_eq!(std::fs::read(&last).unwrap(), b"some bytes of a file\n", "killed part-way");
+    let hidden = hidden_below(&dest);
+    assert!(hidden.len() <= 1, "{} hidden names left", hidden.len());
+    fx.deploy(&manifest_into(&fx, &dest, "v2.tar", &v2, "native"))
+        .ok();
+    assert_eq!(hidden_below(&dest), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        b"other bytes, a few more than before\n"
+    );
+}

@@ -338,11 +338,14 @@ pub fn tar(members: &[Member]) -> Vec<u8> {
 
 /// An archive with `n` small files in 100 dirs: placing it takes a while.
 pub fn many_files(n: usize) -> Vec<u8> {
+    many_files_of(n, b"some bytes of a file\n")
+}
+
+/// [`many_files`] with `data` in each file: `d{i % 100}/f{i}`, in order of
+/// `i`.
+pub fn many_files_of(n: usize, data: &[u8]) -> Vec<u8> {
     let names: Vec<String> = (0..n).map(|i| format!("d{}/f{i}", i % 100)).collect();
-    let members: Vec<Member> = names
-        .iter()
-        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
-        .collect();
+    let members: Vec<Member> = names.iter().map(|n| Member::File(n, data, 0o644)).collect();
     tar(&members)
 }
 
@@ -453,6 +456,30 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Node> {
 
 pub fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// A tmpfs mounted for a test (as root), unmounted when dropped, also
+/// when the test fails.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (`size=2m`, `nr_inodes=24`) on the
+    /// existing directory `dir`.
+    pub fn mount(dir: &Path, options: &str) -> Self {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 pub fn is_root() -> bool {

@@ -69,7 +69,7 @@ impl Placer<'_> {
                     .mode(0o600)
                     .open(&temp.0)
                     .with_context(|| format!("creating {}", temp.0.display()))?;
-                self.budget.charge(m.size, &m.name)?;
+                self.room.charge(m.size, &m.name)?;
                 data.write_to(m, &file)?;
                 let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
                 Captured::File(temp, want, size)
@@ -328,10 +328,10 @@ impl Sink for Late<'_, '_> {
                     .mode(0o600)
                     .open(&temp.0)
                     .with_context(|| format!("creating {}", temp.0.display()))?;
-                self.placer.budget.charge(m.size, &m.name)?;
+                self.placer.room.charge(m.size, &m.name)?;
                 data.write_to(m, &file)?;
                 for rel in &waiting[1..] {
-                    self.placer.budget.charge(m.size, &m.name)?;
+                    self.placer.room.charge(m.size, &m.name)?;
                     let copy = TempName::beside(&self.placer.dest.join(rel))?;
                     fs::copy(&temp.0, &copy.0)
                         .with_context(|| format!("creating {}", copy.0.display()))?;

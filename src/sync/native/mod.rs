@@ -21,8 +21,9 @@
 //! member; `quick_check.rs` decides what is left as it is;
 //! `held_back.rs` holds the members that wait for the end of the archive
 //! or for a second read; `delete.rs` removes what dest has and the archive
-//! lacks; `meta.rs` and `temp.rs` are the metadata an entry gets and the
-//! temp names it is written under.
+//! lacks; `room.rs` counts the bytes held against `--max-extract-size`;
+//! `meta.rs` and `temp.rs` are the metadata an entry gets and the temp
+//! names it is written under.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -39,11 +40,13 @@ mod held_back;
 mod meta;
 mod place;
 mod quick_check;
+mod room;
 mod temp;
 
 use self::held_back::{Deferred, Pending};
 use self::meta::Owner;
 use self::quick_check::Original;
+use self::room::Room;
 use super::{
     empty_or_missing, extract_into, rename_into_empty_dest, Excludes, Job, Leftovers, Settings,
     Strategy,
@@ -147,7 +150,7 @@ pub(super) fn stream(
         false => dest.parent().unwrap_or(dest),
     };
     let budget = Budget::new(job.max_size, on)?;
-    let mut placer = Placer::new(dest, excludes, budget, into)?;
+    let mut placer = Placer::new(dest, excludes, Room::new(budget), into)?;
     archive::apply(job.archive, &mut placer, job.cancel)?;
     placer.place_deferred()?;
     if !placer.pending.is_empty() {
@@ -248,7 +251,8 @@ struct Counts {
 struct Placer<'a> {
     dest: &'a Path,
     excludes: Excludes,
-    budget: Budget,
+    /// `--max-extract-size`, against the bytes held at once.
+    room: Room,
     /// Running as root: owners and modes kept as stored.
     root: bool,
     umask: u32,
@@ -297,7 +301,7 @@ struct Placer<'a> {
 }
 
 impl<'a> Placer<'a> {
-    fn new(dest: &'a Path, excludes: Excludes, budget: Budget, into: Target<'a>) -> Result<Self> {
+    fn new(dest: &'a Path, excludes: Excludes, room: Room, into: Target<'a>) -> Result<Self> {
         // SAFETY: geteuid and getegid have no preconditions and cannot fail.
         let ids = unsafe { (libc::geteuid(), libc::getegid()) };
         let root = ids.0 == 0;
@@ -314,7 +318,7 @@ impl<'a> Placer<'a> {
         Ok(Placer {
             dest,
             excludes,
-            budget,
+            room,
             root,
             umask,
             ids,
@@ -344,8 +348,6 @@ impl<'a> Placer<'a> {
             self.fresh.insert(PathBuf::new());
         }
         let dest_fresh = self.fresh.contains(Path::new(""));
-        // Dest's files that no later member passed go now.
-        self.originals.clear();
         if !dest_fresh {
             self.delete_extra(Path::new(""), cancel)?;
         }

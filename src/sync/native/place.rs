@@ -205,8 +205,9 @@ impl Placer<'_> {
                 }
             }
             Ok(meta) => {
-                self.note_original(rel, path, &meta);
+                self.note_original(rel, &meta);
                 fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+                self.room.give_back(&meta);
                 fs::create_dir(path).with_context(|| format!("mkdir {}", path.display()))?;
                 self.fresh.insert(rel.to_path_buf());
             }
@@ -245,7 +246,7 @@ impl Placer<'_> {
         if self.link(rel, path, size, &want, vacant)? {
             return Ok(());
         }
-        self.budget.charge(m.size, &m.name)?;
+        self.room.charge(m.size, &m.name)?;
         self.replace_with_file(rel, path, &want, vacant, |file| data.write_to(m, file))
     }
 
@@ -316,7 +317,7 @@ impl Placer<'_> {
         if self.link(rel, path, meta.len(), &want, vacant)? {
             return Ok(());
         }
-        self.budget.charge(meta.len(), &m.name)?;
+        self.room.charge(meta.len(), &m.name)?;
         self.replace_with_file(rel, path, &want, vacant, |file| {
             let mut from =
                 File::open(&source).with_context(|| format!("open {}", source.display()))?;
@@ -460,15 +461,23 @@ impl Placer<'_> {
 
     /// Renames `temp` to `path`, first removing a directory in the way.
     pub(super) fn rename_over(&mut self, rel: &Path, path: &Path, temp: TempName) -> Result<()> {
-        match fs::symlink_metadata(path) {
+        let replaced = match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 self.remove_dir(rel, path)?;
+                None
             }
-            Ok(meta) => self.note_original(rel, path, &meta),
-            Err(_) => {}
-        }
+            Ok(meta) => {
+                self.note_original(rel, &meta);
+                Some(meta)
+            }
+            Err(_) => None,
+        };
         fs::rename(&temp.0, path).with_context(|| format!("rename to {}", path.display()))?;
         temp.keep();
+        if let Some(meta) = replaced {
+            // The old file went as its replacement landed.
+            self.room.give_back(&meta);
+        }
         self.made.remove(rel);
         Ok(())
     }

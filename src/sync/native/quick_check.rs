@@ -1,5 +1,6 @@
 //! rsync's quick check against what dest held before this run, and the
-//! originals of files this run replaced (for a later duplicate member).
+//! size and mtime of files this run replaced (for a later duplicate
+//! member).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -10,15 +11,16 @@ use anyhow::{Context, Result};
 use filetime::FileTime;
 
 use super::meta::Wanted;
-use super::temp::TempName;
 use super::Placer;
 
 impl Placer<'_> {
     /// rsync's quick check, against what dest held before this run: a
     /// regular file of this size and mtime (to the second) is not written.
     /// When this run already replaced the file (the archive holds the path
-    /// twice), dest's original is gone: if it would have passed, the new
-    /// file keeps its mtime, as rsync leaves it.
+    /// twice), dest's original went as its replacement landed: if it would
+    /// have passed, the member is written with the original's mtime, as
+    /// rsync leaves it (rsync would also keep the original's bytes: they
+    /// differ only for a file changed without changing its size or mtime).
     pub(super) fn quick_check(
         &mut self,
         rel: &Path,
@@ -39,25 +41,15 @@ impl Placer<'_> {
             });
         }
         if self.written.contains(rel) {
-            let original = match self.originals.remove(rel) {
-                Some(o) if (o.len, o.secs) == (size, secs) => o,
-                Some(o) => {
-                    self.originals.insert(rel.to_path_buf(), o);
-                    return Ok(Check::Differs(want));
-                }
-                None => return Ok(Check::Differs(want)),
+            let original = self.originals.get(rel);
+            let Some(o) = original.filter(|o| (o.len, o.mtime.unix_seconds()) == (size, secs))
+            else {
+                return Ok(Check::Differs(want));
             };
-            let Some(saved) = original.saved else {
-                // Its bytes are gone: write the member's, with its mtime.
-                self.kept.insert(rel.to_path_buf(), want.mtime);
-                return Ok(Check::Differs(Wanted {
-                    mtime: FileTime::from_unix_time(original.secs, original.nanos),
-                    ..want
-                }));
-            };
-            // Dest's file passes after all: put it back.
-            self.rename_over(rel, path, saved)?;
-            self.written.remove(rel);
+            let mtime = o.mtime;
+            // Hard links to it get the member's mtime.
+            self.kept.insert(rel.to_path_buf(), want.mtime);
+            return Ok(Check::Differs(Wanted { mtime, ..want }));
         }
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
@@ -78,20 +70,14 @@ impl Placer<'_> {
         Ok(Check::Differs(want))
     }
 
-    /// Remembers the regular file at `rel` (`meta`) before this run first
-    /// replaces it, keeping it under a temp name (a hard link) until the
-    /// whole archive is placed: a later member at `rel` may pass the quick
-    /// check against it.
-    pub(super) fn note_original(&mut self, rel: &Path, path: &Path, meta: &fs::Metadata) {
+    /// Remembers the size and mtime of the regular file at `rel` (`meta`)
+    /// before this run first replaces it: a later member at `rel` is
+    /// quick-checked against them. The file itself is not kept.
+    pub(super) fn note_original(&mut self, rel: &Path, meta: &fs::Metadata) {
         if meta.is_file() && self.written.insert(rel.to_path_buf()) {
-            let saved = TempName::beside(path)
-                .ok()
-                .filter(|temp| fs::hard_link(path, &temp.0).is_ok());
             let original = Original {
                 len: meta.len(),
-                secs: meta.mtime(),
-                nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-                saved,
+                mtime: FileTime::from_last_modification_time(meta),
             };
             self.originals.insert(rel.to_path_buf(), original);
         }
@@ -123,11 +109,9 @@ pub(super) enum Check {
     Vacant(Wanted),
 }
 
-/// A regular file in dest before this run replaced it.
+/// A regular file in dest before this run replaced it: its size and
+/// mtime.
 pub(super) struct Original {
     pub(super) len: u64,
-    pub(super) secs: i64,
-    pub(super) nanos: u32,
-    /// The file itself, under a temp name, when it could be kept.
-    pub(super) saved: Option<TempName>,
+    pub(super) mtime: FileTime,
 }
