@@ -388,48 +388,6 @@ fn manifest_into(fx: &Fixture, dest: &Path, name: &str, data: &[u8], strategy: &
     )
 }
 
-/// The log counts every path that went, as rsync's `deleting` lines do:
-/// the files of a directory that a file replaced, and a directory the
-/// archive no longer has with what it held.
-#[test]
-fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
-    let docs: Vec<String> = (0..50).map(|i| format!("docs/page{i}.html")).collect();
-    let mut members: Vec<Member> = docs
-        .iter()
-        .map(|p| Member::File(p, b"a page\n", 0o644))
-        .collect();
-    members.extend([
-        Member::File("old/a", b"a\n", 0o644),
-        Member::File("old/b", b"b\n", 0o644),
-        Member::File("old/sub/c", b"c\n", 0o644),
-        Member::File("index.html", b"<p>hi</p>\n", 0o644),
-    ]);
-    let v1 = tar(&members);
-    let v2 = tar(&[
-        Member::File("docs", b"now a file\n", 0o644),
-        Member::File("index.html", b"<p>hi</p>\n", 0o644),
-    ]);
-    // With an exclude (that matches nothing), directories go path by path.
-    for excludes in ["", "excludes: [never-matches]\n"] {
-        let deleted = ["rsync", "native"].map(|strategy| {
-            let fx = Fixture::new();
-            let deploy = |name: &str, data: &[u8]| {
-                let yaml = manifest_into(&fx, &fx.dest(), name, data, strategy) + excludes;
-                fx.deploy(&yaml).ok()
-            };
-            deploy("v1.tar", &v1);
-            deploy("v2.tar", &v2)
-        });
-        let by_rsync = deleted[0].lines().filter(|l| l.starts_with("deleting "));
-        assert_eq!(by_rsync.count(), 55, "{}", deleted[0]);
-        assert!(
-            deleted[1].contains("native sync: 1 written, 1 unchanged, 55 deleted"),
-            "{excludes}{}",
-            deleted[1]
-        );
-    }
-}
-
 /// The hidden names (temp files, old copies) anywhere below `dir`.
 fn hidden_below(dir: &Path) -> Vec<String> {
     let out = std::process::Command::new("find")
@@ -440,6 +398,15 @@ fn hidden_below(dir: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
+        .collect()
+}
+
+/// What a first deploy may leave beside `dest`: entries named `.stretcher…`.
+fn beside(dest: &Path) -> Vec<String> {
+    std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stretcher"))
         .collect()
 }
 
@@ -529,4 +496,98 @@ fn a_killed_redeploy_leaves_no_pile_of_old_copies() {
         std::fs::read(&last).unwrap(),
         b"other bytes, a few more than before\n"
     );
+}
+
+/// A first deploy into an empty dest that is a mount point, on a
+/// filesystem with more room than the one holding it: native deploys it,
+/// as rsync does, and leaves nothing beside dest.
+#[test]
+fn a_first_deploy_into_an_empty_mount_point_works_as_with_rsync() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting tmpfs needs root");
+        return;
+    }
+    let data = tar(&[
+        Member::File("a.bin", &[b'a'; 800_000], 0o644),
+        Member::File("b.bin", &[b'b'; 800_000], 0o640),
+    ]);
+    let trees = ["rsync", "native"].map(|strategy| {
+        let fx = Fixture::new();
+        let parent = fx.path("small");
+        std::fs::create_dir(&parent).unwrap();
+        let _outer = common::Tmpfs::mount(&parent, "size=1m");
+        let dest = parent.join("app");
+        std::fs::create_dir(&dest).unwrap();
+        let _inner = common::Tmpfs::mount(&dest, "size=4m");
+        let run = fx.deploy(&manifest_into(&fx, &dest, "a.tar", &data, strategy));
+        assert_eq!(run.code(), 0, "{strategy}:\n{}", run.stderr());
+        assert_eq!(beside(&dest), Vec::<String>::new(), "{strategy}");
+        tree(&dest)
+    });
+    assert_eq!(trees[0], trees[1]);
+}
+
+/// A first deploy killed while it extracts beside dest leaves its
+/// extraction dir; the next deploy removes it.
+#[test]
+fn the_next_deploy_removes_what_a_killed_first_deploy_left_beside_dest() {
+    let fx = Fixture::new();
+    let dest = fx.dest();
+    let url = fx.manifest(&manifest_into(
+        &fx,
+        &dest,
+        "big.tar",
+        &many_files(20_000),
+        "native",
+    ));
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
+    wait_for(&rx, "Extract archive");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!beside(&dest).is_empty(), "the killed run left nothing");
+    let log = fx.run(&url, &[], &[]).ok();
+    assert_eq!(beside(&dest), Vec::<String>::new(), "{log}");
+    assert!(dest.join("d99/f19999").is_file());
+}
+
+/// The log counts every path that went, as rsync's `deleting` lines do:
+/// the files of a directory that a file replaced, and a directory the
+/// archive no longer has with what it held.
+#[test]
+fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
+    let docs: Vec<String> = (0..50).map(|i| format!("docs/page{i}.html")).collect();
+    let mut members: Vec<Member> = docs
+        .iter()
+        .map(|p| Member::File(p, b"a page\n", 0o644))
+        .collect();
+    members.extend([
+        Member::File("old/a", b"a\n", 0o644),
+        Member::File("old/b", b"b\n", 0o644),
+        Member::File("old/sub/c", b"c\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    let v1 = tar(&members);
+    let v2 = tar(&[
+        Member::File("docs", b"now a file\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    // With an exclude (that matches nothing), directories go path by path.
+    for excludes in ["", "excludes: [never-matches]\n"] {
+        let deleted = ["rsync", "native"].map(|strategy| {
+            let fx = Fixture::new();
+            let deploy = |name: &str, data: &[u8]| {
+                let yaml = manifest_into(&fx, &fx.dest(), name, data, strategy) + excludes;
+                fx.deploy(&yaml).ok()
+            };
+            deploy("v1.tar", &v1);
+            deploy("v2.tar", &v2)
+        });
+        let by_rsync = deleted[0].lines().filter(|l| l.starts_with("deleting "));
+        assert_eq!(by_rsync.count(), 55, "{}", deleted[0]);
+        assert!(
+            deleted[1].contains("native sync: 1 written, 1 unchanged, 55 deleted"),
+            "{excludes}{}",
+            deleted[1]
+        );
+    }
 }

@@ -17,8 +17,9 @@
 //! from earlier deploys, so nothing is ever written through a link.
 //!
 //! The parts: this file holds the strategy, the run ([`stream`]) and its
-//! end (the delete pass, then directory metadata); `place.rs` places each
-//! member; `quick_check.rs` decides what is left as it is;
+//! end (the delete pass, then directory metadata); `first_deploy.rs`
+//! renames a whole extracted tree into an empty dest; `place.rs` places
+//! each member; `quick_check.rs` decides what is left as it is;
 //! `held_back.rs` holds the members that wait for the end of the archive
 //! or for a second read; `delete.rs` removes what dest has and the archive
 //! lacks; `room.rs` counts the bytes held against `--max-extract-size`;
@@ -36,6 +37,7 @@ use filetime::FileTime;
 use tokio_util::sync::CancellationToken;
 
 mod delete;
+mod first_deploy;
 mod held_back;
 mod meta;
 mod place;
@@ -48,11 +50,9 @@ use self::meta::Owner;
 use self::quick_check::Original;
 use self::room::Room;
 use super::{
-    empty_or_missing, extract_into, rename_into_empty_dest, Excludes, Job, Leftovers, Settings,
-    Strategy,
+    empty_or_missing, rename_into_empty_dest, Excludes, Job, Leftovers, Settings, Strategy,
 };
 use crate::archive::{self, Budget, Data, Kind, Member, Sink};
-use crate::scratch::ScratchDir;
 use crate::step::{AtStep, Failure, Step};
 
 /// The in-process strategy.
@@ -94,9 +94,10 @@ impl Native {
 
 impl Strategy for Native {
     fn place(&self, job: &Job<'_>) -> Result<Leftovers, Failure> {
+        first_deploy::remove_leftovers(job.dest);
         let excludes = self.excludes_for(job)?;
         if excludes.is_empty() && empty_or_missing(job.dest) {
-            if let Some(tree) = extract_beside(job)? {
+            if let Some(tree) = first_deploy::extract_beside(job)? {
                 if rename_into_empty_dest(tree.path(), job.dest) {
                     return Ok(Leftovers::none());
                 }
@@ -157,24 +158,6 @@ pub(super) fn stream(
         placer.place_pending(job)?;
     }
     placer.finish(job.dest_mode, job.cancel)
-}
-
-/// For a first deploy: the archive extracted into a private dir beside
-/// `dest` (same filesystem, so it can be renamed into place), or `None`
-/// when dest's parent takes no new dir (then files are placed one by one).
-fn extract_beside(job: &Job<'_>) -> Result<Option<ScratchDir>, Failure> {
-    let parent = match job.dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let Ok(dir) = ScratchDir::new_in(parent, ".stretcher_src") else {
-        return Ok(None);
-    };
-    let tree = extract_into(job, dir).map_err(|f| Failure {
-        step: Step::Sync,
-        ..f
-    })?;
-    Ok(Some(tree))
 }
 
 /// Creates `dest` (its parent must exist, as with rsync) unless it is
