@@ -147,7 +147,7 @@ fn the_default_limit_is_the_free_space_where_the_archive_is_extracted() {
         let fx = Fixture::new();
         let url = bomb(&fx);
         let tmp = fx.path("tmp");
-        let _tmpfs = common::Tmpfs::mount(&tmp, "size=16m,mode=1777");
+        let _tmpfs = common::Mount::tmpfs(&tmp, "size=16m,mode=1777");
         let run = match unprivileged {
             true => fx.run_unprivileged(&url, &[], &[]),
             false => fx.run(&url, &[], &[]),

@@ -412,13 +412,13 @@ fn beside(dest: &Path) -> Vec<String> {
 
 /// Native deploys wherever real rsync does (SPEC 8.1): a redeploy that
 /// changes every file needs room for one more file, not for the old and
-/// the new tree. A 2 MiB filesystem holding three 500 kB files, and one
-/// with inodes for its files and one spare, each take a redeploy that
-/// changes every file, with rsync and with native alike.
+/// the new tree. A 2 MiB tmpfs holding three 500 kB files, and an ext4
+/// filesystem with inodes for 15 files and a few more, each take a
+/// redeploy that changes every file, with rsync and with native alike.
 #[test]
 fn a_redeploy_changing_every_file_fits_wherever_rsync_fits() {
     if !common::is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
+        eprintln!("skipped: mounting a small filesystem needs root");
         return;
     }
     let (big_v1, big_v2) = (vec![b'1'; 500_000], vec![b'2'; 499_000]);
@@ -429,22 +429,28 @@ fn a_redeploy_changing_every_file_fits_wherever_rsync_fits() {
             Member::File("c.bin", data, 0o644),
         ])
     };
-    let twenty = |data: &[u8]| {
-        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    let fifteen = |data: &[u8]| {
+        let names: Vec<String> = (0..15).map(|i| format!("f{i}")).collect();
         let members: Vec<Member> = names.iter().map(|n| Member::File(n, data, 0o644)).collect();
         tar(&members)
     };
+    let tmpfs: fn(&Path) -> common::Mount = |dir| common::Mount::tmpfs(dir, "size=2m");
+    let ext4: fn(&Path) -> common::Mount = |dir| common::Mount::ext4(dir, 32);
     let cases = [
-        ("size=2m", big(&big_v1), big(&big_v2)),
-        // The filesystem's root, dest and 20 files, and one spare.
-        ("nr_inodes=23", twenty(b"v1\n"), twenty(b"version 2\n")),
+        ("a 2 MiB tmpfs", tmpfs, big(&big_v1), big(&big_v2)),
+        (
+            "ext4 with 32 inodes",
+            ext4,
+            fifteen(b"v1\n"),
+            fifteen(b"version 2\n"),
+        ),
     ];
-    for (options, v1, v2) in &cases {
+    for (place, mount, v1, v2) in &cases {
         let trees = ["rsync", "native"].map(|strategy| {
             let fx = Fixture::new();
             let small = fx.path("small");
             std::fs::create_dir(&small).unwrap();
-            let _tmpfs = common::Tmpfs::mount(&small, options);
+            let _mounted = mount(&small);
             let dest = small.join("app");
             for (name, data) in [("v1.tar", v1), ("v2.tar", v2)] {
                 let yaml = manifest_into(&fx, &dest, name, data, strategy);
@@ -452,14 +458,14 @@ fn a_redeploy_changing_every_file_fits_wherever_rsync_fits() {
                 assert_eq!(
                     run.code(),
                     0,
-                    "{strategy} deploying {name} on a tmpfs with {options}:\n{}",
+                    "{strategy} deploying {name} on {place}:\n{}",
                     run.stderr()
                 );
             }
             assert_eq!(hidden_below(&small), Vec::<String>::new());
             tree(&dest)
         });
-        assert_eq!(trees[0], trees[1], "{options}");
+        assert_eq!(trees[0], trees[1], "{place}");
     }
 }
 
@@ -480,13 +486,20 @@ fn a_killed_redeploy_leaves_no_pile_of_old_copies() {
     let landmark = dest.join("d0/f1000");
     let started = std::time::Instant::now();
     while std::fs::metadata(&landmark).map(|m| m.len()).unwrap_or(0) != 36 {
-        assert!(started.elapsed() < Duration::from_secs(20), "never got there");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never got there"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let last = dest.join("d99/f4999");
-    assert_eq!(std::fs::read(&last).unwrap(), b"some bytes of a file\n", "killed part-way");
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        b"some bytes of a file\n",
+        "killed part-way"
+    );
     let hidden = hidden_below(&dest);
     assert!(hidden.len() <= 1, "{} hidden names left", hidden.len());
     fx.deploy(&manifest_into(&fx, &dest, "v2.tar", &v2, "native"))
@@ -515,10 +528,10 @@ fn a_first_deploy_into_an_empty_mount_point_works_as_with_rsync() {
         let fx = Fixture::new();
         let parent = fx.path("small");
         std::fs::create_dir(&parent).unwrap();
-        let _outer = common::Tmpfs::mount(&parent, "size=1m");
+        let _outer = common::Mount::tmpfs(&parent, "size=1m");
         let dest = parent.join("app");
         std::fs::create_dir(&dest).unwrap();
-        let _inner = common::Tmpfs::mount(&dest, "size=4m");
+        let _inner = common::Mount::tmpfs(&dest, "size=4m");
         let run = fx.deploy(&manifest_into(&fx, &dest, "a.tar", &data, strategy));
         assert_eq!(run.code(), 0, "{strategy}:\n{}", run.stderr());
         assert_eq!(beside(&dest), Vec::<String>::new(), "{strategy}");

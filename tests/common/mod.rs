@@ -458,25 +458,42 @@ pub fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().mode() & 0o7777
 }
 
-/// A tmpfs mounted for a test (as root), unmounted when dropped, also
+/// A filesystem mounted for a test (as root), unmounted when dropped, also
 /// when the test fails.
-pub struct Tmpfs(PathBuf);
+pub struct Mount(PathBuf);
 
-impl Tmpfs {
-    /// Mounts a tmpfs with `options` (`size=2m`, `nr_inodes=24`) on the
-    /// existing directory `dir`.
-    pub fn mount(dir: &Path, options: &str) -> Self {
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
+impl Mount {
+    /// A tmpfs with `options` (`size=2m`) on the existing directory `dir`.
+    pub fn tmpfs(dir: &Path, options: &str) -> Self {
+        Self::on(dir, &["-t", "tmpfs", "-o", options, "tmpfs"])
+    }
+
+    /// A 4 MiB ext4 filesystem made with `mkfs.ext4 -N inodes` (so about
+    /// that many inodes, a few taken by ext4 itself) in an image file
+    /// beside `dir`, loop-mounted on the existing directory `dir`. Unlike
+    /// tmpfs, ext4 spends no inode on a hard link.
+    pub fn ext4(dir: &Path, inodes: u32) -> Self {
+        let image = dir.with_extension("img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(4 << 20))
+            .unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-N", &inodes.to_string()])
+            .arg(&image)
             .status()
             .unwrap();
-        assert!(mounted.success(), "mount a tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
+        assert!(made.success(), "mkfs.ext4 {}", image.display());
+        Self::on(dir, &["-o".as_ref(), "loop".as_ref(), image.as_os_str()])
+    }
+
+    fn on<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Self {
+        let mounted = Command::new("mount").args(args).arg(dir).status().unwrap();
+        assert!(mounted.success(), "mount on {}", dir.display());
+        Mount(dir.to_path_buf())
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
