@@ -134,15 +134,6 @@ fn fifos_and_devices_are_skipped_as_root_and_not() {
     }
 }
 
-/// Unmounts a test's tmpfs, also when the test fails.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Without `--max-extract-size`, the limit is the free space of the
 /// filesystem the archive is extracted on: a 16 MiB TMPDIR stops a 20 MiB
 /// archive with a message naming it, as root and as a deploy user.
@@ -156,13 +147,7 @@ fn the_default_limit_is_the_free_space_where_the_archive_is_extracted() {
         let fx = Fixture::new();
         let url = bomb(&fx);
         let tmp = fx.path("tmp");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m,mode=1777", "tmpfs"])
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "mount a tmpfs on {}", tmp.display());
-        let _guard = Mounted(tmp.clone());
+        let _tmpfs = common::Mount::tmpfs(&tmp, "size=16m,mode=1777");
         let run = match unprivileged {
             true => fx.run_unprivileged(&url, &[], &[]),
             false => fx.run(&url, &[], &[]),

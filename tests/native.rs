@@ -6,6 +6,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{
@@ -373,4 +374,233 @@ fn a_first_deploy_renames_the_extraction_into_place_and_equals_rsync() {
     assert_eq!(native, by_rsync);
     let nlink = std::fs::metadata(fx.dest().join("b.txt")).unwrap().nlink();
     assert_eq!(nlink, 1, "copies, as rsync -a makes");
+}
+
+/// Writes `data` as `name` in the fixture and returns a manifest deploying
+/// it into `dest` with `strategy`.
+fn manifest_into(fx: &Fixture, dest: &Path, name: &str, data: &[u8], strategy: &str) -> String {
+    fx.write(name, data);
+    format!(
+        "src: {}\nchecksum: {}\ndest: {}\nsync_strategy: {strategy}\n",
+        fx.url(name),
+        sha256(data),
+        dest.display()
+    )
+}
+
+/// The hidden names (temp files, old copies) anywhere below `dir`.
+fn hidden_below(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-mindepth", "1", "-name", ".*"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a first deploy may leave beside `dest`: entries named `.stretcher…`.
+fn beside(dest: &Path) -> Vec<String> {
+    std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".stretcher"))
+        .collect()
+}
+
+/// Native deploys wherever real rsync does (SPEC 8.1): a redeploy that
+/// changes every file needs room for one more file, not for the old and
+/// the new tree. A 2 MiB tmpfs holding three 500 kB files, and an ext4
+/// filesystem with inodes for 15 files and a few more, each take a
+/// redeploy that changes every file, with rsync and with native alike.
+#[test]
+fn a_redeploy_changing_every_file_fits_wherever_rsync_fits() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let (big_v1, big_v2) = (vec![b'1'; 500_000], vec![b'2'; 499_000]);
+    let big = |data: &[u8]| {
+        tar(&[
+            Member::File("a.bin", data, 0o644),
+            Member::File("b.bin", data, 0o644),
+            Member::File("c.bin", data, 0o644),
+        ])
+    };
+    let fifteen = |data: &[u8]| {
+        let names: Vec<String> = (0..15).map(|i| format!("f{i}")).collect();
+        let members: Vec<Member> = names.iter().map(|n| Member::File(n, data, 0o644)).collect();
+        tar(&members)
+    };
+    let tmpfs: fn(&Path) -> common::Mount = |dir| common::Mount::tmpfs(dir, "size=2m");
+    let ext4: fn(&Path) -> common::Mount = |dir| common::Mount::ext4(dir, 32);
+    let cases = [
+        ("a 2 MiB tmpfs", tmpfs, big(&big_v1), big(&big_v2)),
+        (
+            "ext4 with 32 inodes",
+            ext4,
+            fifteen(b"v1\n"),
+            fifteen(b"version 2\n"),
+        ),
+    ];
+    for (place, mount, v1, v2) in &cases {
+        let trees = ["rsync", "native"].map(|strategy| {
+            let fx = Fixture::new();
+            let small = fx.path("small");
+            std::fs::create_dir(&small).unwrap();
+            let _mounted = mount(&small);
+            let dest = small.join("app");
+            for (name, data) in [("v1.tar", v1), ("v2.tar", v2)] {
+                let yaml = manifest_into(&fx, &dest, name, data, strategy);
+                let run = fx.deploy(&yaml);
+                assert_eq!(
+                    run.code(),
+                    0,
+                    "{strategy} deploying {name} on {place}:\n{}",
+                    run.stderr()
+                );
+            }
+            assert_eq!(hidden_below(&small), Vec::<String>::new());
+            tree(&dest)
+        });
+        assert_eq!(trees[0], trees[1], "{place}");
+    }
+}
+
+/// A redeploy killed part-way leaves at most the file it was writing under
+/// a temp name, not an old copy of every file it had replaced; the next
+/// deploy leaves none.
+#[test]
+fn a_killed_redeploy_leaves_no_pile_of_old_copies() {
+    let fx = Fixture::new();
+    let v1 = many_files(5_000);
+    let v2 = common::many_files_of(5_000, b"other bytes, a few more than before\n");
+    let dest = fx.dest();
+    fx.deploy(&manifest_into(&fx, &dest, "v1.tar", &v1, "native"))
+        .ok();
+    let url = fx.manifest(&manifest_into(&fx, &dest, "v2.tar", &v2, "native"));
+    let (mut child, _rx) = fx.watch(Some(&url), &[]);
+    // Members come in order: once f1000 is new, 1,000 files were replaced.
+    let landmark = dest.join("d0/f1000");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&landmark).map(|m| m.len()).unwrap_or(0) != 36 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never got there"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = dest.join("d99/f4999");
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        b"some bytes of a file\n",
+        "killed part-way"
+    );
+    let hidden = hidden_below(&dest);
+    assert!(hidden.len() <= 1, "{} hidden names left", hidden.len());
+    fx.deploy(&manifest_into(&fx, &dest, "v2.tar", &v2, "native"))
+        .ok();
+    assert_eq!(hidden_below(&dest), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        b"other bytes, a few more than before\n"
+    );
+}
+
+/// A first deploy into an empty dest that is a mount point, on a
+/// filesystem with more room than the one holding it: native deploys it,
+/// as rsync does, and leaves nothing beside dest.
+#[test]
+fn a_first_deploy_into_an_empty_mount_point_works_as_with_rsync() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting tmpfs needs root");
+        return;
+    }
+    let data = tar(&[
+        Member::File("a.bin", &[b'a'; 800_000], 0o644),
+        Member::File("b.bin", &[b'b'; 800_000], 0o640),
+    ]);
+    let trees = ["rsync", "native"].map(|strategy| {
+        let fx = Fixture::new();
+        let parent = fx.path("small");
+        std::fs::create_dir(&parent).unwrap();
+        let _outer = common::Mount::tmpfs(&parent, "size=1m");
+        let dest = parent.join("app");
+        std::fs::create_dir(&dest).unwrap();
+        let _inner = common::Mount::tmpfs(&dest, "size=4m");
+        let run = fx.deploy(&manifest_into(&fx, &dest, "a.tar", &data, strategy));
+        assert_eq!(run.code(), 0, "{strategy}:\n{}", run.stderr());
+        assert_eq!(beside(&dest), Vec::<String>::new(), "{strategy}");
+        tree(&dest)
+    });
+    assert_eq!(trees[0], trees[1]);
+}
+
+/// A first deploy killed while it extracts beside dest leaves its
+/// extraction dir; the next deploy removes it.
+#[test]
+fn the_next_deploy_removes_what_a_killed_first_deploy_left_beside_dest() {
+    let fx = Fixture::new();
+    let dest = fx.dest();
+    let url = fx.manifest(&manifest_into(
+        &fx,
+        &dest,
+        "big.tar",
+        &many_files(20_000),
+        "native",
+    ));
+    let (mut child, rx) = fx.watch(Some(&url), &[]);
+    wait_for(&rx, "Extract archive");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!beside(&dest).is_empty(), "the killed run left nothing");
+    let log = fx.run(&url, &[], &[]).ok();
+    assert_eq!(beside(&dest), Vec::<String>::new(), "{log}");
+    assert!(dest.join("d99/f19999").is_file());
+}
+
+/// The log counts every path that went, as rsync's `deleting` lines do:
+/// the files of a directory that a file replaced, and a directory the
+/// archive no longer has with what it held.
+#[test]
+fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
+    let docs: Vec<String> = (0..50).map(|i| format!("docs/page{i}.html")).collect();
+    let mut members: Vec<Member> = docs
+        .iter()
+        .map(|p| Member::File(p, b"a page\n", 0o644))
+        .collect();
+    members.extend([
+        Member::File("old/a", b"a\n", 0o644),
+        Member::File("old/b", b"b\n", 0o644),
+        Member::File("old/sub/c", b"c\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    let v1 = tar(&members);
+    let v2 = tar(&[
+        Member::File("docs", b"now a file\n", 0o644),
+        Member::File("index.html", b"<p>hi</p>\n", 0o644),
+    ]);
+    // With an exclude (that matches nothing), directories go path by path.
+    for excludes in ["", "excludes: [never-matches]\n"] {
+        let deleted = ["rsync", "native"].map(|strategy| {
+            let fx = Fixture::new();
+            let deploy = |name: &str, data: &[u8]| {
+                let yaml = manifest_into(&fx, &fx.dest(), name, data, strategy) + excludes;
+                fx.deploy(&yaml).ok()
+            };
+            deploy("v1.tar", &v1);
+            deploy("v2.tar", &v2)
+        });
+        let by_rsync = deleted[0].lines().filter(|l| l.starts_with("deleting "));
+        assert_eq!(by_rsync.count(), 55, "{}", deleted[0]);
+        assert!(
+            deleted[1].contains("native sync: 1 written, 1 unchanged, 55 deleted"),
+            "{excludes}{}",
+            deleted[1]
+        );
+    }
 }

@@ -803,3 +803,73 @@ fn a_file_that_cannot_be_linked_is_written() {
     assert_eq!(tree(&new), tree(&by_rsync.dest()));
     drop(locked);
 }
+
+/// Before a migration, dest may point at a tree the agent did not make
+/// (`current -> /opt/app-old`): nothing is hard linked from it, so a later
+/// write there in place leaves the new release alone.
+#[test]
+fn nothing_is_linked_from_a_tree_outside_releases() {
+    let fx = Fixture::new();
+    let old = fx.path("app-old");
+    // app-old holds v1's files as an rsync deploy left them.
+    let data = app(1);
+    fx.write("v1.tar", &data);
+    fx.deploy(&format!(
+        "src: {}\nchecksum: {}\ndest: {}\n",
+        fx.url("v1.tar"),
+        sha256(&data),
+        old.display()
+    ))
+    .ok();
+    std::os::unix::fs::symlink(&old, fx.dest()).unwrap();
+    let log = fx.deploy(&manifest(&fx, 1, "")).ok();
+    let release = releases_dir(&fx).join(live(&fx));
+    assert!(!log.contains("linking unchanged files"), "{log}");
+    for file in ["a", "same/one", "bin/run"] {
+        assert_ne!(ino(&release.join(file)), ino(&old.join(file)), "{file}");
+    }
+    std::fs::write(old.join("same/one"), b"changed in place\n").unwrap();
+    assert_eq!(
+        std::fs::read(release.join("same/one")).unwrap(),
+        b"unchanged one\n"
+    );
+}
+
+/// A release deploy's errors name `sync_strategy: release`.
+#[test]
+fn release_errors_name_the_release_strategy() {
+    let fx = Fixture::new();
+    let data = tar(&[
+        Member::Dir("d/", 0o755),
+        Member::Symlink("link", "d"),
+        Member::File("link/f", b"through the link\n", 0o644),
+    ]);
+    fx.write("a.tar", &data);
+    let release = "sync_strategy: release\n";
+    let log = fx
+        .deploy(&manifest_for(
+            &fx,
+            &fx.url("a.tar"),
+            &sha256(&data),
+            release,
+        ))
+        .failed();
+    assert!(
+        log.contains("sync_strategy release never writes through links"),
+        "{log}"
+    );
+    let excluding = format!("{release}excludes:\n  - '+ keep/'\n");
+    let log = fx
+        .deploy(&manifest_for(
+            &fx,
+            &fx.url("a.tar"),
+            &sha256(&data),
+            &excluding,
+        ))
+        .failed();
+    assert!(
+        log.contains(r#"pattern "+ keep/" is not supported by sync_strategy release"#),
+        "{log}"
+    );
+    assert!(!log.contains("sync_strategy native"), "{log}");
+}

@@ -1,4 +1,4 @@
-//! rsync's exclude rules, for `sync_strategy: native`: which archive paths
+//! rsync's exclude rules, for `sync_strategy: native` and `release`: which archive paths
 //! are not placed, and which dest paths `--delete` leaves alone.
 //!
 //! Matching follows rsync 3 (`exclude.c`, `wildmatch.c`): `*` matches
@@ -22,9 +22,11 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 /// A list of exclude patterns, from `excludes` and `exclude_from`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Excludes {
     rules: Vec<Rule>,
+    /// The `sync_strategy` that follows them, for messages.
+    strategy: &'static str,
 }
 
 /// One parsed pattern.
@@ -46,9 +48,13 @@ struct Rule {
 
 impl Excludes {
     /// Parses the manifest's `excludes`, one pattern each, as rsync's
-    /// `--exclude` does (a `- ` prefix is allowed).
-    pub fn new(patterns: &[String]) -> Result<Self> {
-        let mut excludes = Excludes::default();
+    /// `--exclude` does (a `- ` prefix is allowed), for the
+    /// `sync_strategy` named `strategy`.
+    pub fn new(patterns: &[String], strategy: &'static str) -> Result<Self> {
+        let mut excludes = Excludes {
+            rules: Vec::new(),
+            strategy,
+        };
         for p in patterns {
             excludes.add(p, "excludes")?;
         }
@@ -91,7 +97,10 @@ impl Excludes {
 
     fn add(&mut self, raw: &str, origin: &str) -> Result<()> {
         let unsupported = |why: &str| -> Result<()> {
-            bail!("{origin}: pattern {raw:?} is not supported by sync_strategy native ({why})")
+            bail!(
+                "{origin}: pattern {raw:?} is not supported by sync_strategy {} ({why})",
+                self.strategy
+            )
         };
         let p = raw.strip_prefix("- ").unwrap_or(raw);
         if raw.starts_with("+ ") || raw == "!" {
@@ -329,7 +338,7 @@ mod tests {
     use super::*;
 
     fn excluded(pattern: &str, path: &str, is_dir: bool) -> bool {
-        Excludes::new(&[pattern.to_string()])
+        Excludes::new(&[pattern.to_string()], "native")
             .unwrap()
             .excludes_here_or_above(Path::new(path), is_dir)
     }
@@ -381,10 +390,12 @@ mod tests {
     #[test]
     fn refuses_rules_it_cannot_follow_exactly() {
         for p in ["+ keep", "!", "dir/***", "[[:alpha:]]", "[ab", "", "/"] {
-            let e = Excludes::new(&[p.to_string()]).unwrap_err();
+            let e = Excludes::new(&[p.to_string()], "release").unwrap_err();
             assert!(
                 e.to_string()
-                    .starts_with(&format!("excludes: pattern {p:?}")),
+                    .starts_with(&format!("excludes: pattern {p:?}"))
+                    && e.to_string()
+                        .contains("not supported by sync_strategy release"),
                 "{e}"
             );
         }
@@ -392,7 +403,7 @@ mod tests {
 
     #[test]
     fn reads_an_exclude_file() {
-        let mut x = Excludes::default();
+        let mut x = Excludes::new(&[], "native").unwrap();
         x.add_file(
             "exclude.txt",
             "# comment\n; comment\n\n*.tmp\r\n/cache/\nc\rd\n",

@@ -33,7 +33,7 @@ impl Release {
             anyhow::bail!("keep_releases must be at least 1 (the live release is always kept)");
         }
         Ok(Release {
-            native: Native::new(settings)?,
+            native: Native::named(settings, "release")?,
             keep: usize::try_from(keep).unwrap_or(usize::MAX),
         })
     }
@@ -56,7 +56,9 @@ impl Strategy for Release {
             .with_context(|| format!("mkdir {}", layout.dir.display()))
             .at(Step::Sync)?;
         layout.remove_unfinished();
-        let live = layout.live_dir();
+        // Only a release this agent made: a tree dest pointed at before
+        // the migration may still be written in place.
+        let live = layout.live().map(|name| layout.dir.join(name));
         let name = layout.new_name(job.checksum, chrono::Utc::now());
         // Built under a hidden name, removed on any failure: only a
         // complete release ever gets its name.

@@ -346,11 +346,14 @@ pub fn tar(members: &[Member]) -> Vec<u8> {
 
 /// An archive with `n` small files in 100 dirs: placing it takes a while.
 pub fn many_files(n: usize) -> Vec<u8> {
+    many_files_of(n, b"some bytes of a file\n")
+}
+
+/// [`many_files`] with `data` in each file: `d{i % 100}/f{i}`, in order of
+/// `i`.
+pub fn many_files_of(n: usize, data: &[u8]) -> Vec<u8> {
     let names: Vec<String> = (0..n).map(|i| format!("d{}/f{i}", i % 100)).collect();
-    let members: Vec<Member> = names
-        .iter()
-        .map(|n| Member::File(n, b"some bytes of a file\n", 0o644))
-        .collect();
+    let members: Vec<Member> = names.iter().map(|n| Member::File(n, data, 0o644)).collect();
     tar(&members)
 }
 
@@ -461,6 +464,47 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Node> {
 
 pub fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// A filesystem mounted for a test (as root), unmounted when dropped, also
+/// when the test fails.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs with `options` (`size=2m`) on the existing directory `dir`.
+    pub fn tmpfs(dir: &Path, options: &str) -> Self {
+        Self::on(dir, &["-t", "tmpfs", "-o", options, "tmpfs"])
+    }
+
+    /// A 4 MiB ext4 filesystem made with `mkfs.ext4 -N inodes` (so about
+    /// that many inodes, a few taken by ext4 itself) in an image file
+    /// beside `dir`, loop-mounted on the existing directory `dir`. Unlike
+    /// tmpfs, ext4 spends no inode on a hard link.
+    pub fn ext4(dir: &Path, inodes: u32) -> Self {
+        let image = dir.with_extension("img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(4 << 20))
+            .unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-N", &inodes.to_string()])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfs.ext4 {}", image.display());
+        Self::on(dir, &["-o".as_ref(), "loop".as_ref(), image.as_os_str()])
+    }
+
+    fn on<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Self {
+        let mounted = Command::new("mount").args(args).arg(dir).status().unwrap();
+        assert!(mounted.success(), "mount on {}", dir.display());
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 pub fn is_root() -> bool {
