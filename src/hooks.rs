@@ -149,6 +149,54 @@ impl Hooks<'_> {
         Ok(())
     }
 
+    /// Runs `line` as a `phase` command quietly (a polled `verify` check):
+    /// the hooks' environment, its output kept rather than logged, its
+    /// process group stopped by a signal or after `limit`, and killed if
+    /// the caller gives up on it. A background process still holding its
+    /// output gets the same second as a hook's. Returns the exit status
+    /// and the last line it wrote (stderr first).
+    pub async fn run_quiet(
+        &self,
+        phase: Phase,
+        line: &str,
+        limit: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        let mut child = self
+            .shell(phase, line)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("failed: {line}: cannot run sh"))?;
+        let armed = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let (mut output, mut errors) = (Vec::new(), Vec::new());
+        let io = async {
+            tokio::join!(
+                read_all(out.as_mut(), &mut output),
+                read_all(err.as_mut(), &mut errors)
+            );
+        };
+        let stops = Stops {
+            signal: self.cancel,
+            kill_now: Some(self.abort),
+            timeout: Some(limit),
+        };
+        let supervised = supervise(&mut child, line, io, &stops).await;
+        std::mem::forget(armed);
+        let (status, _) = supervised?;
+        let said = [&errors, &output]
+            .into_iter()
+            .filter_map(|b| {
+                let text = String::from_utf8_lossy(b);
+                let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+                Some(last.trim().to_string())
+            })
+            .next()
+            .unwrap_or_default();
+        Ok((status, said))
+    }
+
     fn passthrough(&self) -> Stdio {
         if self.quiet {
             Stdio::null()
@@ -193,6 +241,25 @@ fn sh_path() -> PathBuf {
 
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Reads a pipe to its end into `buf`; a read error ends it.
+async fn read_all(pipe: Option<&mut (impl AsyncRead + Unpin)>, buf: &mut Vec<u8>) {
+    if let Some(pipe) = pipe {
+        let _ = tokio::io::AsyncReadExt::read_to_end(pipe, buf).await;
+    }
+}
+
+/// Kills a command's process group when its caller stops waiting for it
+/// (a dropped future); forgotten once the command has been waited for.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            signal_group(group, libc::SIGKILL);
+        }
+    }
 }
 
 /// Writes `log` to a hook's stdin and closes it; EPIPE (a hook that does

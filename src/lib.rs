@@ -233,8 +233,9 @@ fn not_rolled_back(state: &StateDir, m: &Manifest) -> Result<(), Failure> {
         return Ok(());
     };
     Err(anyhow!(
-        "dest {} was rolled back from release {} to {} at {} (stretcher rollback): \
-         not deploying that archive again; use --force to deploy it anyway",
+        "dest {} was rolled back from release {} to {} at {}: not deploying \
+         that archive again (a replayed event would put it live again); use \
+         --force to deploy it anyway",
         m.dest,
         rb.from,
         rb.to,

@@ -595,7 +595,10 @@ fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
             deploy("v1.tar", &v1);
             deploy("v2.tar", &v2)
         });
-        let by_rsync = deleted[0].lines().filter(|l| l.starts_with("deleting "));
+        // rsync's output is logged a line at a time, after the time stamp.
+        let by_rsync = deleted[0]
+            .lines()
+            .filter(|l| l.get(20..).is_some_and(|l| l.starts_with("deleting ")));
         assert_eq!(by_rsync.count(), 55, "{}", deleted[0]);
         assert!(
             deleted[1].contains("native sync: 1 written, 1 unchanged, 55 deleted"),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::http::{Route, Server};
-use common::{free_port, manifest_for, sha256, tar, Fixture, Member};
+use common::{free_port, manifest_for, sha256, tar, wait_exit, wait_for, Fixture, Member};
 use serde_json::Value;
 
 /// An HTTP app: answers every GET with `revision <REVISION>`; with a
@@ -614,7 +614,8 @@ fn a_failing_post_rolls_back_a_release_when_there_is_one_to_go_back_to() {
     let extra = |post: &str| {
         format!(
             "sync_strategy: release\ncommands:\n  post:\n    - '{post}'\n  rollback:\n\
-             \x20   - 'echo \"$STRETCHER_PHASE\" >> rollback.log'\n"
+             \x20   - 'echo \"$STRETCHER_PHASE\" >> rollback.log'\n  failure:\n\
+             \x20   - 'echo \"$STRETCHER_RELEASE_DIR\" > failure.env'\n"
         )
     };
     let log = fx
@@ -634,6 +635,63 @@ fn a_failing_post_rolls_back_a_release_when_there_is_one_to_go_back_to() {
         format!("failed: exit 2 exit status 2; rolled back to release {r2}")
     );
     assert_eq!(live_release(&fx), r2);
+    let ran = std::fs::read_to_string(fx.path("rollback.log")).unwrap();
+    assert_eq!(ran, "rollback\n");
+    // `failure` hooks see the release that is live again.
+    let seen = std::fs::read_to_string(fx.path("failure.env")).unwrap();
+    assert_eq!(
+        seen.trim(),
+        fx.path("releases").join(&r2).display().to_string()
+    );
+}
+
+#[test]
+fn a_command_check_whose_background_process_holds_its_output_passes() {
+    let fx = Fixture::new();
+    let m = manifest(
+        &fx,
+        "r1",
+        false,
+        "verify:\n  timeout: 20s\n  interval: 0.2s\n  checks:\n\
+         \x20   - command: '(sleep 8; echo late) & echo $! > bg.pid; true'\n",
+    );
+    let started = Instant::now();
+    let log = fx.deploy(&m).ok();
+    assert!(log.contains("Verified: all checks passed"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let bg = common::read_pid(&fx.path("bg.pid"));
+    common::signal_pid(bg, libc::SIGKILL);
+}
+
+#[test]
+fn a_signal_during_a_command_check_stops_it_and_still_rolls_back() {
+    let fx = Fixture::new();
+    let extra = |check: &str| {
+        format!(
+            "sync_strategy: release\nverify:\n  timeout: 60s\n  interval: 1s\n  checks:\n\
+             \x20   - command: '{check}'\ncommands:\n  rollback:\n\
+             \x20   - 'echo \"$STRETCHER_PHASE\" >> rollback.log'\n"
+        )
+    };
+    fx.deploy(&manifest(&fx, "r1", false, &extra("true"))).ok();
+    let r1 = live_release(&fx);
+    let hang = "echo $$ > check.pid; sleep 100";
+    let m = fx.manifest(&manifest(&fx, "r2", false, &extra(hang)));
+    let (mut child, rx) = fx.watch(Some(&m), &[]);
+    wait_for(&rx, "Verifying 1 check");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fx.path("check.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let check = common::read_pid(&fx.path("check.pid"));
+    common::signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child), 1);
+    assert!(!common::alive(check), "the check's shell still runs");
+    assert_eq!(live_release(&fx), r1, "dest switched back");
     let ran = std::fs::read_to_string(fx.path("rollback.log")).unwrap();
     assert_eq!(ran, "rollback\n");
 }

@@ -3,11 +3,9 @@
 //! 111)`, `generation 2 is still the newest (none started since post)`).
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use tokio::io::AsyncReadExt;
 use url::{Host, Url};
 
 use super::{seconds, Check};
@@ -158,43 +156,13 @@ async fn tcp(addr: &str, left: Duration) -> Probe {
 /// killed when that ends. Its output is kept for the result, not logged:
 /// a polled check would fill the log.
 async fn command(hooks: &Hooks<'_>, line: &str, left: Duration) -> Probe {
-    let mut child = hooks
-        .shell(Phase::Verify, line)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run sh: {e}"))?;
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let mut output = Vec::new();
-    let mut errors = Vec::new();
-    let finished = async {
-        let read_out = async {
-            if let Some(pipe) = out.as_mut() {
-                let _ = pipe.read_to_end(&mut output).await;
-            }
-        };
-        let read_err = async {
-            if let Some(pipe) = err.as_mut() {
-                let _ = pipe.read_to_end(&mut errors).await;
-            }
-        };
-        let (status, (), ()) = tokio::join!(child.wait(), read_out, read_err);
-        status
-    };
-    let status = tokio::time::timeout(left, finished).await;
-    let status = match status {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill has no memory-safety preconditions; a
-                // negative pid addresses the check's own process group.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
-            return Err(format!("still running after {}", seconds(left)));
+    let started = std::time::Instant::now();
+    let (status, said) = match hooks.run_quiet(Phase::Verify, line, left).await {
+        Ok(done) => done,
+        Err(_) if started.elapsed() >= left => {
+            return Err(format!("still running after {}", seconds(left)))
         }
+        Err(e) => return Err(format!("{e:#}")),
     };
     if status.success() {
         return Ok(());
@@ -205,16 +173,9 @@ async fn command(hooks: &Hooks<'_>, line: &str, left: Duration) -> Probe {
         (None, Some(sig)) => format!("signal: {sig}"),
         (None, None) => status.to_string(),
     };
-    let said = [&errors, &output]
-        .into_iter()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .find_map(|text| {
-            let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
-            Some(last.trim().chars().take(MAX_RESULT).collect::<String>())
-        });
-    if let Some(said) = said {
+    if !said.is_empty() {
         result.push_str(": ");
-        result.push_str(&said);
+        result.extend(said.chars().take(MAX_RESULT));
     }
     Err(result)
 }

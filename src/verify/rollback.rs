@@ -84,10 +84,6 @@ impl AutoRollback<'_> {
     }
 
     async fn switch_back(&self, said: &mut String, hooks: &mut Hooks<'_>) -> Option<PathBuf> {
-        if hooks.cancel.is_cancelled() {
-            log::info!("Not rolling back: interrupted by signal");
-            return None;
-        }
         log::info!("Rolling back {}", self.dest.display());
         let switched = crate::releases::roll_back_deploy(self.dest, self.state);
         let name = match switched {
@@ -108,15 +104,29 @@ impl AutoRollback<'_> {
             .unwrap_or_else(|_| PathBuf::from(&name));
         said.push_str(&format!("; rolled back to release {name}"));
         let before = self.verify.map(Verify::baseline);
-        let shown = dir.display().to_string();
-        let was = set_env(hooks, "STRETCHER_RELEASE_DIR", shown);
-        let hooks_ran = hooks.run(Phase::Rollback, self.lines).await;
-        if let Some(was) = was {
-            set_env(hooks, "STRETCHER_RELEASE_DIR", was);
-        }
+        // From here on `failure` hooks, like the rollback hooks, see the
+        // release that is live again.
+        set_env(hooks, "STRETCHER_RELEASE_DIR", dir.display().to_string());
+        let interrupted = hooks.cancel.is_cancelled();
+        let hooks_ran = match interrupted {
+            // After a signal, as the `failure` hooks: a second one stops them.
+            true => {
+                let after_signal = Hooks {
+                    env: hooks.env.clone(),
+                    cancel: hooks.abort,
+                    ..*hooks
+                };
+                after_signal.run(Phase::Rollback, self.lines).await
+            }
+            false => hooks.run(Phase::Rollback, self.lines).await,
+        };
         if let Err(e) = hooks_ran {
             log::info!("Rollback hooks failed: {e:#}");
             said.push_str(&format!(", but its rollback hook {e:#}"));
+            return Some(dir);
+        }
+        if interrupted {
+            log::info!("Not verifying the rollback: interrupted by signal");
             return Some(dir);
         }
         if let (Some(verify), Some(before)) = (self.verify, before) {
@@ -132,13 +142,10 @@ impl AutoRollback<'_> {
     }
 }
 
-/// Sets hook variable `name` to `value`; the value it had, if any.
-fn set_env(hooks: &mut Hooks<'_>, name: &'static str, value: String) -> Option<String> {
+/// Sets hook variable `name` to `value`.
+fn set_env(hooks: &mut Hooks<'_>, name: &'static str, value: String) {
     match hooks.env.iter_mut().find(|(k, _)| *k == name) {
-        Some((_, old)) => Some(std::mem::replace(old, value)),
-        None => {
-            hooks.env.push((name, value));
-            None
-        }
+        Some((_, old)) => *old = value,
+        None => hooks.env.push((name, value)),
     }
 }

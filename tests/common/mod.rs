@@ -234,8 +234,13 @@ pub fn read_pid(path: &Path) -> i32 {
 
 /// Sends `sig` to the agent.
 pub fn signal(child: &Child, sig: i32) {
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, sig) };
+    signal_pid(child.id() as i32, sig);
+}
+
+/// Sends `sig` to process `pid`.
+pub fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
 }
 
 /// Waits for a stderr line containing `want`; returns every line seen.
