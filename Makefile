@@ -1,6 +1,6 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo bench fuzz man assets dist deb walkthrough clean
+.PHONY: build release test deps demo bench fuzz man assets dist deb rpm walkthrough clean
 
 build:
 	$(CARGO) build
@@ -36,6 +36,16 @@ deb: dist
 	sh scripts/deb.sh $(DIST_BIN) $(DEB) $(DEB_FLAGS)
 	@ls -l $(DEB)
 
+## rpm: target/dist/stretcher-<version>-1.x86_64.rpm from dist's binary, for
+## CentOS 7, Amazon Linux 2 and later (rpm 4.11 and newer), with
+## cargo-generate-rpm 0.14.1 (installed into target/rpm-tools when missing)
+## and [package.metadata.generate-rpm] in Cargo.toml
+RPM := target/dist/stretcher-$(VERSION)-1.x86_64.rpm
+rpm: dist
+	sh scripts/test-deps.sh rpm
+	sh scripts/rpm.sh $(DIST_BIN) $(RPM)
+	@ls -l $(RPM)
+
 ## walkthrough: examples/walkthrough/walkthrough.sh with the release binary:
 ## an archive, a signed manifest on a local HTTP server, deploys by hand,
 ## by Serf agents and by a Consul event, then the reports and status
@@ -43,8 +53,9 @@ walkthrough: release
 	sh scripts/test-deps.sh walkthrough
 	sh examples/walkthrough/walkthrough.sh target/release/stretcher
 
-## deps: install what the tests run for real (rsync, serf, bsdtar; moto and
-## fake-gcs-server into target/test-venv), when missing
+## deps: install what the tests run for real (rsync, serf, bsdtar, rpm;
+## cargo-deb, cargo-generate-rpm; moto and fake-gcs-server into
+## target/test-venv), when missing
 deps:
 	sh scripts/test-deps.sh
 

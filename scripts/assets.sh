@@ -6,7 +6,7 @@
 #   DIR/completions/stretcher.fish      fish completion
 # Usage: sh scripts/assets.sh path/to/stretcher DIR
 # Used by `make man` and `make assets` (one target: both write all four),
-# scripts/dist.sh and scripts/deb.sh.
+# scripts/dist.sh and scripts/stage.sh (for the .deb and the .rpm).
 set -eu
 bin=$1
 dir=$2

@@ -5,7 +5,8 @@
 #   target/dist/stretcher-<version>-x86_64-linux-gnu.tar.gz (+ .sha256)
 # holding the binary, README.md, LICENSE, the man page, bash/zsh/fish
 # completions and the example configs. The binary stays at
-# target/x86_64-unknown-linux-gnu/release/stretcher, where `make deb` takes it.
+# target/x86_64-unknown-linux-gnu/release/stretcher, where `make deb` and
+# `make rpm` take it.
 # Installs when missing: zig (PyPI's `ziglang`, into target/dist-venv, never
 # the system Python) and cargo-zigbuild (`cargo install --locked`).
 set -eu

