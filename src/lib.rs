@@ -13,6 +13,7 @@ pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
+pub mod pack;
 pub mod progress;
 pub mod query;
 pub mod releases;
