@@ -325,6 +325,7 @@ async fn deploy(
         timeout: config.timeout,
         retry: config.retry,
         retry_wait: config.retry_wait,
+        kept: (config.state_dir.as_deref()).map(|dir| pack::Kept::for_dest(dir, &m.dest)),
     };
     let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options))
         .await
@@ -356,6 +357,7 @@ async fn deploy(
     });
     let leftovers = placed.await.at(Step::Sync)??;
     drop(shown);
+    fetch::keep(&options, download.path());
     drop(download);
     // From here on the new release is live: post, success and failure
     // hooks see it.

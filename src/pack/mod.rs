@@ -21,7 +21,10 @@ use std::os::unix::fs::FileExt;
 use anyhow::{Context, Result};
 
 pub use gzip::Footer;
-pub use index::{digest, Digest, Entries, Entry, EntryType, Index, MemberRef, DIGEST_LEN};
+pub use index::{
+    digest, Builder as IndexBuilder, Digest, Entries, Entry, EntryType, Index, MemberRef,
+    DIGEST_LEN,
+};
 pub use kept::Kept;
 pub use writer::{pack, Options, Summary, MAX_MEMBER_SIZE, SPLIT};
 
