@@ -148,7 +148,7 @@ pub(crate) fn content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (span, total) = rest.split_once('/')?;
     let (a, b) = span.split_once('-')?;
     let (a, b, total): (u64, u64, u64) = (a.parse().ok()?, b.parse().ok()?, total.parse().ok()?);
-    (a <= b && b < total).then_some((a, b - a + 1, total))
+    (a <= b && b < total).then(|| (a, b - a + 1, total))
 }
 
 /// Reads a whole (small) object, such as a manifest, into a string.
