@@ -205,8 +205,8 @@ fn assert_v2(s: &Setup) {
     );
 }
 
-/// The delta log line's two numbers: bytes over the wire and reused.
-fn delta_line(log: &str) -> (u64, u64) {
+/// The delta log line's numbers: bytes over the wire, requests, reused.
+fn delta_numbers(log: &str) -> (u64, u64, u64) {
     let line = log
         .lines()
         .find(|l| l.contains("Delta fetch: "))
@@ -215,7 +215,13 @@ fn delta_line(log: &str) -> (u64, u64) {
         .split_whitespace()
         .filter_map(|w| w.replace(',', "").parse().ok())
         .collect();
-    (nums[0], nums[2])
+    (nums[0], nums[1], nums[2])
+}
+
+/// The delta log line's bytes over the wire and reused.
+fn delta_line(log: &str) -> (u64, u64) {
+    let (wire, _, reused) = delta_numbers(log);
+    (wire, reused)
 }
 
 #[test]
@@ -464,4 +470,73 @@ fn the_bandwidth_limit_and_the_timeout_cover_the_ranged_requests() {
     let log = s.deploy(&src, &s.v2, &["--timeout", "1s"], &[]).failed();
     assert!(log.contains("timeout 1s reached"), "{log}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Deploys v1 then v2 from an object store (`put` uploads, `env` points
+/// the agent at the store through `proxy`); checks that v2 moved the
+/// changed members and the index, counted on the proxy, at most
+/// `per_request` bytes of headers for each request.
+#[cfg(all(feature = "s3", feature = "gcs"))]
+fn object_store_delta(
+    s: &Setup,
+    src: &str,
+    put: &dyn Fn(Vec<u8>),
+    env: &[(&str, &str)],
+    proxy: &common::objstore::Proxy,
+    per_request: u64,
+) {
+    put(s.v1.clone());
+    let log = s.deploy(src, &s.v1, &[], env).ok();
+    assert!(
+        log.contains("No delta fetch (no packed archive kept"),
+        "{log}"
+    );
+    put(s.v2.clone());
+    proxy.reset();
+    let log = s.deploy(src, &s.v2, &[], env).ok();
+    let expected = delta_bytes(&s.fx, &s.v1, &s.v2);
+    let (wire, requests, reused) = delta_numbers(&log);
+    assert_eq!(
+        (wire, reused),
+        (expected, s.v2.len() as u64 - expected),
+        "{log}"
+    );
+    let down = proxy.down();
+    assert!(
+        (expected..=expected + per_request * requests).contains(&down),
+        "{down} bytes came through the proxy for {expected} in {requests} requests"
+    );
+    assert_v2(s);
+    assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
+}
+
+#[cfg(all(feature = "s3", feature = "gcs"))]
+#[test]
+fn a_redeploy_from_s3_moves_only_the_changed_members_and_the_index() {
+    use common::objstore::{Moto, Proxy};
+    let s = setup();
+    let moto = Moto::start(None);
+    moto.create_bucket("deploys");
+    let proxy = Proxy::start(moto.port);
+    let mut env = moto.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.endpoint()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let put = |data: Vec<u8>| moto.put("deploys", "app/app.tar.gz", data);
+    object_store_delta(&s, "s3://deploys/app/app.tar.gz", &put, &env, &proxy, 1500);
+}
+
+#[cfg(all(feature = "s3", feature = "gcs"))]
+#[test]
+fn a_redeploy_from_gcs_moves_only_the_changed_members_and_the_index() {
+    use common::objstore::{FakeGcs, Proxy};
+    let s = setup();
+    let port = common::free_port();
+    let host = format!("127.0.0.1:{port}");
+    let gcs = FakeGcs::start_as(Some(&host));
+    gcs.create_bucket("deploys");
+    let proxy = Proxy::start_on(port, gcs.port);
+    let env = [("STORAGE_EMULATOR_HOST", host.as_str())];
+    let put = |data: Vec<u8>| gcs.put("deploys", "app/app.tar.gz", data);
+    object_store_delta(&s, "gs://deploys/app/app.tar.gz", &put, &env, &proxy, 1500);
 }
