@@ -45,8 +45,9 @@ pub fn applies(url: &str) -> bool {
 enum Segment {
     /// Bytes `at..at + len` of the kept archive.
     Reuse { at: u64, len: u64 },
-    /// Members `first..last` of the new archive, fetched in one request.
-    Fetch { first: usize, last: usize },
+    /// Members `first..last` of the new archive (`len` bytes), fetched in
+    /// one request.
+    Fetch { first: usize, last: usize, len: u64 },
 }
 
 /// The assembled, verified archive and the lowercase hex checksum.
@@ -96,7 +97,7 @@ pub(super) async fn fetch(
                             reused.fetch_add(len, Ordering::Relaxed);
                             read_kept(old_file, at, len).await
                         }
-                        Segment::Fetch { first, last } => {
+                        Segment::Fetch { first, last, .. } => {
                             let members = &new.members()[first..last];
                             wire.members(url, members, etag).await
                         }
@@ -159,19 +160,14 @@ fn plan(new: &Index, old: &Index) -> Vec<Segment> {
                 *l += len;
             }
             (Some(&at), _) => out.push(Segment::Reuse { at, len }),
-            (None, Some(Segment::Fetch { first, last }))
-                if new.members()[*first..*last]
-                    .iter()
-                    .map(|m| u64::from(m.len))
-                    .sum::<u64>()
-                    + len
-                    <= MAX_SEGMENT =>
-            {
+            (None, Some(Segment::Fetch { last, len: l, .. })) if *l + len <= MAX_SEGMENT => {
                 *last = i + 1;
+                *l += len;
             }
             (None, _) => out.push(Segment::Fetch {
                 first: i,
                 last: i + 1,
+                len,
             }),
         }
     }
@@ -336,7 +332,11 @@ mod tests {
             plan(&new, &old),
             [
                 Segment::Reuse { at: 0, len: 5 },
-                Segment::Fetch { first: 2, last: 4 },
+                Segment::Fetch {
+                    first: 2,
+                    last: 4,
+                    len: 4
+                },
                 Segment::Reuse { at: 9, len: 2 },
                 Segment::Reuse { at: 5, len: 4 },
             ]

@@ -153,10 +153,7 @@ fn write(dir: &Path, out: File, opts: &Options, skip: Vec<(u64, u64)>) -> Result
             out.write_all(part)?;
             hash.update(part);
         }
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .context("writing the archive")?;
+        out.flush().context("writing the archive")?;
         Ok(Summary {
             sha256: hex::encode(hash.finalize()),
             bytes: data_end + tail.len() as u64 + footer.len() as u64,
