@@ -33,6 +33,11 @@ pub type Digest = [u8; DIGEST_LEN];
 /// The most an encoded index may inflate to (about 10 million entries).
 const MAX_ENCODED: u64 = 1 << 30;
 
+/// The longest member an index may list: the packer writes members of at
+/// most 64 MiB of tar plus one entry of up to the split size, and a reader
+/// holds one in memory.
+const MAX_MEMBER_LEN: u32 = 256 << 20;
+
 /// The digest of a member's compressed bytes.
 pub fn digest(bytes: &[u8]) -> Digest {
     let full = Sha256::digest(bytes);
@@ -233,7 +238,10 @@ impl Index {
         let mut members = Vec::with_capacity(count as usize);
         let mut offset = 0u64;
         for _ in 0..count {
-            let len = u32::try_from(r.varint()?).map_err(|_| anyhow!("member too long"))?;
+            let len = u32::try_from(r.varint()?)
+                .ok()
+                .filter(|len| *len <= MAX_MEMBER_LEN)
+                .ok_or_else(|| anyhow!("a member of the index is too long"))?;
             members.push(MemberRef {
                 offset,
                 len,
