@@ -540,3 +540,20 @@ fn a_redeploy_from_gcs_moves_only_the_changed_members_and_the_index() {
     let put = |data: Vec<u8>| gcs.put("deploys", "app/app.tar.gz", data);
     object_store_delta(&s, "gs://deploys/app/app.tar.gz", &put, &env, &proxy, 1500);
 }
+
+#[test]
+fn a_deploy_user_gets_the_delta_too() {
+    let s = setup();
+    let server = Server::start();
+    let src = server.route("/app.tar.gz", Route::ok(s.v1.clone()));
+    let state = s.state();
+    let args = ["--state-dir", state.as_str()];
+    for (data, delta) in [(&s.v1, false), (&s.v2, true)] {
+        server.route("/app.tar.gz", Route::ok(data.clone()));
+        let url = s.fx.manifest(&manifest_for(&s.fx, &src, &sha256(data), ""));
+        let log = s.fx.run_unprivileged(&url, &args, &[]).ok();
+        assert_eq!(log.contains("Delta fetch: "), delta, "{log}");
+    }
+    assert_v2(&s);
+    assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
+}
