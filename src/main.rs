@@ -78,6 +78,7 @@ fn subcommand(sub: Subcommand) -> ExitCode {
         })
         .map(String::into_bytes),
         Subcommand::Rollback(args) => rollback(&args).map(|()| Vec::new()),
+        Subcommand::Pack(args) => pack(&args).map(String::into_bytes),
         Subcommand::Completions { shell } => Ok(cli::completions(shell)),
         Subcommand::Man => cli::man_page().map_err(Into::into),
     };
@@ -89,6 +90,16 @@ fn subcommand(sub: Subcommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `stretcher pack`: writes the archive, prints its checksum.
+fn pack(args: &cli::PackArgs) -> anyhow::Result<String> {
+    let opts = stretcher::pack::Options {
+        member_size: usize::try_from(args.member_size)?,
+        excludes: stretcher::sync::Excludes::new(&args.excludes, "pack")?,
+    };
+    let summary = stretcher::pack::pack(&args.dir, &args.output, &opts)?;
+    Ok(summary.report(&args.output))
 }
 
 /// `stretcher rollback`, logging what it switched as the agent logs.

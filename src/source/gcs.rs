@@ -5,14 +5,14 @@
 use anyhow::{anyhow, Result};
 use futures_util::TryStreamExt;
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::{ClientOptions, ObjectStoreExt};
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::{bucket_and_key, Object, Permanent};
+use super::{bucket_and_key, Object, Permanent, Range, RangeMiss, Ranged};
 
-/// Starts a GET of the object and returns the body as a stream.
-pub async fn open(url: &Url) -> Result<Object> {
+/// The store holding `url`'s object, and the object's path in it.
+fn store(url: &Url) -> Result<(impl ObjectStore, object_store::path::Path)> {
     let (bucket, key) = bucket_and_key(url)?;
     let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
     if let Some(host) = std::env::var("STORAGE_EMULATOR_HOST")
@@ -33,13 +33,49 @@ pub async fn open(url: &Url) -> Result<Object> {
     let store = builder
         .build()
         .map_err(|e| anyhow!(Permanent(format!("{url}: {e}"))))?;
-    let path = object_store::path::Path::from(key.as_str());
+    Ok((store, object_store::path::Path::from(key.as_str())))
+}
+
+/// Starts a GET of the object and returns the body as a stream.
+pub async fn open(url: &Url) -> Result<Object> {
+    let (store, path) = store(url)?;
     let result = store.get(&path).await.map_err(|e| describe(e, url))?;
     let size = Some(result.meta.size);
     let stream = result.into_stream().map_err(std::io::Error::other);
     Ok(Object {
         body: Box::new(StreamReader::new(stream)),
         size,
+    })
+}
+
+/// A ranged GET of the object (with `If-Match` when `etag` is given).
+pub async fn open_range(url: &Url, range: Range, etag: Option<&str>) -> Result<Ranged> {
+    let (store, path) = store(url)?;
+    let options = GetOptions {
+        range: Some(match range {
+            Range::Suffix(n) => GetRange::Suffix(n),
+            Range::Bounded(a, b) => GetRange::Bounded(a..b),
+        }),
+        if_match: etag.map(str::to_string),
+        ..GetOptions::default()
+    };
+    let result = store.get_opts(&path, options).await.map_err(|e| match e {
+        object_store::Error::Precondition { .. } => anyhow!(RangeMiss::Changed),
+        e => describe(e, url),
+    })?;
+    let (start, len, total) = (
+        result.range.start,
+        result.range.end - result.range.start,
+        result.meta.size,
+    );
+    let etag = result.meta.e_tag.clone();
+    let stream = result.into_stream().map_err(std::io::Error::other);
+    Ok(Ranged {
+        body: Box::new(StreamReader::new(stream)),
+        start,
+        len,
+        total,
+        etag,
     })
 }
 

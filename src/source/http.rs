@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::Object;
+use super::{content_range, Object, Range, RangeMiss, Ranged};
 
 fn client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -39,5 +39,44 @@ pub async fn open(url: &Url) -> Result<Object> {
     Ok(Object {
         body: Box::new(StreamReader::new(stream)),
         size,
+    })
+}
+
+/// Sends a GET for `range` (with `If-Match` when `etag` is given). A `200`
+/// (the whole object) or a `412` (the object changed) is a [`RangeMiss`].
+pub async fn open_range(url: &Url, range: Range, etag: Option<&str>) -> Result<Ranged> {
+    let mut request = client()?
+        .get(url.clone())
+        .header(reqwest::header::RANGE, range.header());
+    if let Some(etag) = etag {
+        request = request.header(reqwest::header::IF_MATCH, etag);
+    }
+    let response = request.send().await.with_context(|| format!("GET {url}"))?;
+    match response.status().as_u16() {
+        206 => {}
+        200 => return Err(RangeMiss::NoRanges.into()),
+        412 => return Err(RangeMiss::Changed.into()),
+        status => bail!("HTTP status {status} from {url} for {}", range.header()),
+    }
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let etag = header(reqwest::header::ETAG);
+    let Some((start, len, total)) =
+        header(reqwest::header::CONTENT_RANGE).and_then(|v| content_range(&v))
+    else {
+        bail!("no usable Content-Range from {url}");
+    };
+    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    Ok(Ranged {
+        body: Box::new(StreamReader::new(stream)),
+        start,
+        len,
+        total,
+        etag,
     })
 }

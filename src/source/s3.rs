@@ -8,7 +8,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use super::{bucket_and_key, Object, Permanent};
+use super::{bucket_and_key, content_range, Object, Permanent, Range, RangeMiss, Ranged};
 
 async fn client() -> Result<&'static aws_sdk_s3::Client> {
     static CLIENT: OnceCell<aws_sdk_s3::Client> = OnceCell::const_new();
@@ -47,6 +47,35 @@ pub async fn open(url: &Url) -> Result<Object> {
     Ok(Object {
         body: Box::new(output.body.into_async_read()),
         size,
+    })
+}
+
+/// A GetObject of `range` (with `If-Match` when `etag` is given).
+pub async fn open_range(url: &Url, range: Range, etag: Option<&str>) -> Result<Ranged> {
+    let (bucket, key) = bucket_and_key(url)?;
+    let output = client()
+        .await?
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .range(range.header())
+        .set_if_match(etag.map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+            Some(412) => anyhow!(RangeMiss::Changed),
+            _ => describe(e, url),
+        })?;
+    let Some((start, len, total)) = output.content_range().and_then(content_range) else {
+        return Err(RangeMiss::NoRanges.into());
+    };
+    let etag = output.e_tag().map(str::to_string);
+    Ok(Ranged {
+        body: Box::new(output.body.into_async_read()),
+        start,
+        len,
+        total,
+        etag,
     })
 }
 

@@ -49,7 +49,7 @@ struct Rule {
 impl Excludes {
     /// Parses the manifest's `excludes`, one pattern each, as rsync's
     /// `--exclude` does (a `- ` prefix is allowed), for the
-    /// `sync_strategy` named `strategy`.
+    /// `sync_strategy` named `strategy` (or `pack`, for `stretcher pack`).
     pub fn new(patterns: &[String], strategy: &'static str) -> Result<Self> {
         let mut excludes = Excludes {
             rules: Vec::new(),
@@ -97,10 +97,11 @@ impl Excludes {
 
     fn add(&mut self, raw: &str, origin: &str) -> Result<()> {
         let unsupported = |why: &str| -> Result<()> {
-            bail!(
-                "{origin}: pattern {raw:?} is not supported by sync_strategy {} ({why})",
-                self.strategy
-            )
+            let by = match self.strategy {
+                "pack" => "stretcher pack".to_string(),
+                strategy => format!("sync_strategy {strategy}"),
+            };
+            bail!("{origin}: pattern {raw:?} is not supported by {by} ({why})")
         };
         let p = raw.strip_prefix("- ").unwrap_or(raw);
         if raw.starts_with("+ ") || raw == "!" {

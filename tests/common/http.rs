@@ -1,6 +1,9 @@
 //! A real HTTP/1.1 server on 127.0.0.1 for tests, with scripted misbehaviour:
 //! statuses, failures before success, truncated, stalled and slow bodies,
-//! redirects and wrong `Content-Length` headers.
+//! redirects and wrong `Content-Length` headers. It serves single byte
+//! ranges (`Range: bytes=A-B`, `bytes=-N`) with an `ETag` and honours
+//! `If-Match`, unless a route refuses ranges; it counts the bytes it sends
+//! per path.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +33,12 @@ pub struct Route {
     /// On the first N requests (after `fail_first`), send half the body and
     /// then nothing more, holding the connection open.
     pub stall_first: usize,
+    /// Answer `Range` requests with the whole body (`200`), as a server
+    /// without range support does.
+    pub refuse_ranges: bool,
+    /// From this request on (counting from 1), serve this body instead
+    /// (with its own ETag): the object replaced on the server.
+    pub replaced: Option<(usize, Vec<u8>)>,
 }
 
 impl Route {
@@ -45,8 +54,35 @@ impl Route {
             hang: false,
             content_length: None,
             stall_first: 0,
+            refuse_ranges: false,
+            replaced: None,
         }
     }
+}
+
+/// The ETag the server gives a body.
+pub fn etag_of(body: &[u8]) -> String {
+    format!("\"{}\"", &super::sha256(body)[..16])
+}
+
+/// `bytes=A-B`, `bytes=A-` or `bytes=-N` as an inclusive span of a body of
+/// `len` bytes.
+fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let n: usize = b.parse().ok()?;
+        (len.checked_sub(n.min(len))?, len.checked_sub(1)?)
+    } else {
+        let start: usize = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len - 1
+        } else {
+            b.parse::<usize>().ok()?.min(len - 1)
+        };
+        (start, end)
+    };
+    (start <= end && end < len).then_some((start, end))
 }
 
 #[derive(Default)]
@@ -54,6 +90,27 @@ struct State {
     routes: HashMap<String, Route>,
     hits: HashMap<String, usize>,
     user_agents: Vec<String>,
+    /// Bytes written per path: status line, headers and body.
+    sent: HashMap<String, u64>,
+    /// `Range` headers received per path, in order.
+    ranges: HashMap<String, Vec<String>>,
+}
+
+/// The connection, counting what is written to it.
+struct Counted {
+    stream: TcpStream,
+    sent: u64,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.stream.write(buf)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 /// A running server; it stops with the test process.
@@ -102,7 +159,36 @@ impl Server {
         self.state.lock().unwrap().user_agents.clone()
     }
 
+    /// Bytes sent for `path` so far (headers included).
+    pub fn sent(&self, path: &str) -> u64 {
+        *self.state.lock().unwrap().sent.get(path).unwrap_or(&0)
+    }
+
+    /// The `Range` headers of the requests for `path`, in order.
+    pub fn ranges(&self, path: &str) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.ranges.get(path).cloned().unwrap_or_default()
+    }
+
+    /// Forgets the counts of `path` (bytes sent, ranges; not hits).
+    pub fn reset_counts(&self, path: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.sent.remove(path);
+        st.ranges.remove(path);
+    }
+
     fn serve(&self, stream: TcpStream) {
+        let path = std::cell::RefCell::new(String::new());
+        let mut out = Counted {
+            stream: stream.try_clone().unwrap(),
+            sent: 0,
+        };
+        self.answer(stream, &mut out, &path);
+        let mut st = self.state.lock().unwrap();
+        *st.sent.entry(path.into_inner()).or_default() += out.sent;
+    }
+
+    fn answer(&self, stream: TcpStream, out: &mut Counted, path_seen: &std::cell::RefCell<String>) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).is_err() {
@@ -113,10 +199,19 @@ impl Server {
             .nth(1)
             .unwrap_or("/")
             .to_string();
+        path_seen.borrow_mut().clone_from(&path);
+        let (mut range, mut if_match) = (None, None);
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
                 break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "range" => range = Some(value.trim().to_string()),
+                    "if-match" => if_match = Some(value.trim().to_string()),
+                    _ => {}
+                }
             }
             if let Some(ua) = header
                 .strip_prefix("user-agent:")
@@ -136,10 +231,13 @@ impl Server {
                 *h += 1;
                 *h
             };
+            if let Some(r) = &range {
+                st.ranges.entry(path.clone()).or_default().push(r.clone());
+            }
             (st.routes.get(&path).cloned(), hit)
         };
-        let mut out = stream;
-        let Some(route) = route else {
+        drop(stream);
+        let Some(mut route) = route else {
             let _ = write!(
                 out,
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found"
@@ -162,9 +260,51 @@ impl Server {
             );
             return;
         }
+        if let Some((from, body)) = route.replaced.take() {
+            if hit >= from {
+                route.body = body;
+            }
+        }
+        let etag = etag_of(&route.body);
+        if if_match.as_ref().is_some_and(|m| *m != etag && m != "*") {
+            let _ = write!(
+                out,
+                "HTTP/1.1 412 Precondition Failed\r\nETag: {etag}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return;
+        }
+        let span = range
+            .filter(|_| !route.refuse_ranges && route.status == 200)
+            .map(|r| parse_range(&r, route.body.len()));
+        if let Some(span) = span {
+            let Some((start, end)) = span else {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    route.body.len()
+                );
+                return;
+            };
+            let _ = write!(
+                out,
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{}\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                route.body.len(),
+                end - start + 1
+            );
+            for chunk in route.body[start..=end].chunks(16 * 1024) {
+                if out.write_all(chunk).is_err() {
+                    return;
+                }
+                if !route.chunk_delay.is_zero() {
+                    std::thread::sleep(route.chunk_delay);
+                }
+            }
+            let _ = out.flush();
+            return;
+        }
         let _ = write!(
             out,
-            "HTTP/1.1 {} OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} OK\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             route.status,
             route.content_length.unwrap_or(route.body.len())
         );

@@ -1,7 +1,10 @@
 //! Real object-store servers for tests: moto's S3 server and
 //! fake-gcs-server, each on a free 127.0.0.1 port, stopped when dropped.
 
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -152,8 +155,16 @@ fn fake_gcs_binary() -> String {
 
 impl FakeGcs {
     pub fn start() -> FakeGcs {
+        Self::start_as(None)
+    }
+
+    /// Starts it to be reached at `public` (`host:port`, a proxy in front
+    /// of it) rather than at its own port: the server tells requests for it
+    /// by their Host header.
+    pub fn start_as(public: Option<&str>) -> FakeGcs {
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let own = format!("127.0.0.1:{port}");
+        let addr = public.unwrap_or(&own);
         let mut child = Command::new(fake_gcs_binary())
             .args([
                 "-scheme",
@@ -165,7 +176,7 @@ impl FakeGcs {
                 "-backend",
                 "memory",
                 "-public-host",
-                &addr,
+                addr,
                 "-external-url",
                 &format!("http://{addr}"),
                 "-log-level",
@@ -217,5 +228,71 @@ impl FakeGcs {
                 .status()
         });
         assert!(status.is_success(), "upload: {status}");
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server (moto, fake-gcs-server),
+/// counting the bytes the server sends back through it: what comes over
+/// the wire to the agent, headers included. The emulators cannot tell.
+pub struct Proxy {
+    pub port: u16,
+    down: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        Self::start_on(0, upstream)
+    }
+
+    /// A proxy listening on `port` (0: any free one).
+    pub fn start_on(port: u16, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&down);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = [0u8; 64 * 1024];
+                    loop {
+                        let n = match std::io::Read::read(&mut server, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        if std::io::Write::write_all(&mut client, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { port, down }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Bytes the server sent through the proxy since the last reset.
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    pub fn reset(&self) {
+        self.down.store(0, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,352 @@
+//! Delta fetch of a packed archive (SPEC 8.9): the footer by a suffix
+//! range, then the index, then each member either copied from the
+//! archive kept for this dest (same digest and length) or fetched by a
+//! single-range request (adjacent members merged, a few requests at a
+//! time, each member checked against the index). The archive is assembled
+//! in order in its temp file, hashed on the way, and must match the
+//! manifest's checksum. Any miss is an error here: the caller falls back
+//! to the whole download.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use tempfile::NamedTempFile;
+use tokio::io::AsyncReadExt;
+
+use super::{hash_and_write, unless_stalled, Options};
+use crate::digest::Verifier;
+use crate::pack::{digest, Footer, Index, Kept, MemberRef};
+use crate::source::{self, Range};
+use crate::units::{comma, format_bytes, format_duration};
+
+/// Ranged requests in flight at once.
+const PARALLEL: usize = 4;
+
+/// Most bytes one request (or one copy from the kept archive) carries,
+/// unless a single member is larger: bounds the memory in flight.
+const MAX_SEGMENT: u64 = 1 << 20;
+
+/// Whether a delta fetch can be tried for `url`: the schemes with ranged
+/// reads.
+pub fn applies(url: &str) -> bool {
+    ["http://", "https://", "s3://", "gs://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+}
+
+/// A piece of the new archive, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Bytes `at..at + len` of the kept archive.
+    Reuse { at: u64, len: u64 },
+    /// Members `first..last` of the new archive (`len` bytes), fetched in
+    /// one request.
+    Fetch { first: usize, last: usize, len: u64 },
+}
+
+/// The assembled, verified archive and the lowercase hex checksum.
+pub(super) async fn fetch(
+    url: &str,
+    checksum: &str,
+    kept: &Kept,
+    opts: &Options,
+) -> Result<(NamedTempFile, String)> {
+    let begin = Instant::now();
+    let verifier = Verifier::new(checksum)?;
+    let (old_file, old) = kept
+        .open()?
+        .ok_or_else(|| anyhow!("no packed archive kept for {}", kept.dest()))?;
+    let wire = Wire::new(opts.max_bandwidth, super::stall_limit(opts));
+    let tail = wire
+        .read(url, Range::Suffix(Footer::LEN as u64), None)
+        .await?;
+    let footer = Footer::parse(&tail.bytes, tail.total)?;
+    let etag = tail.etag.as_deref();
+    let end = footer.index_offset + footer.index_len;
+    let index_bytes = wire
+        .read(url, Range::Bounded(footer.index_offset, end), etag)
+        .await?
+        .bytes;
+    let new = footer.index(&index_bytes)?;
+    let segments = plan(&new, &old);
+
+    let file = tempfile::Builder::new()
+        .prefix("stretcher")
+        .tempfile()
+        .context("creating a temp file for src")?;
+    let path = file.path().display().to_string();
+    let out = file.reopen().context("reopening the temp file")?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
+    let old_file = Arc::new(old_file);
+    let reused = AtomicU64::new(0);
+    let assembled: Result<()> = async {
+        let mut pieces = futures_util::stream::iter(segments)
+            .map(|segment| {
+                let old_file = Arc::clone(&old_file);
+                let (wire, new, reused) = (&wire, &new, &reused);
+                async move {
+                    match segment {
+                        Segment::Reuse { at, len } => {
+                            reused.fetch_add(len, Ordering::Relaxed);
+                            read_kept(old_file, at, len).await
+                        }
+                        Segment::Fetch { first, last, .. } => {
+                            let members = &new.members()[first..last];
+                            wire.members(url, members, etag).await
+                        }
+                    }
+                }
+            })
+            .buffered(PARALLEL);
+        while let Some(bytes) = pieces.try_next().await? {
+            if tx.send(bytes).await.is_err() {
+                break; // the sink failed; its error is reported below
+            }
+        }
+        for part in [index_bytes, tail.bytes] {
+            if tx.send(part).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let verifier = sink
+        .await
+        .map_err(|e| anyhow!("hashing thread failed: {e}"))?
+        .with_context(|| format!("writing {path}"))?;
+    assembled?;
+    let sum = verifier.finish()?;
+    let elapsed = begin.elapsed();
+    let total = footer.index_offset + footer.index_len + Footer::LEN as u64;
+    log::info!(
+        "Delta fetch: {} bytes over the wire in {} requests, {} bytes reused from the kept archive",
+        comma(wire.bytes()),
+        wire.requests(),
+        comma(reused.load(Ordering::Relaxed))
+    );
+    log::info!(
+        "Wrote {} bytes to {path} (in {}, {}/s)",
+        comma(total),
+        format_duration(elapsed),
+        format_bytes((total as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
+    );
+    Ok((file, sum))
+}
+
+/// Which members come from the kept archive (`old`) and which over the
+/// wire, merged into as few pieces as [`MAX_SEGMENT`] allows.
+fn plan(new: &Index, old: &Index) -> Vec<Segment> {
+    let have: HashMap<(crate::pack::Digest, u32), u64> = old
+        .members()
+        .iter()
+        .map(|m| ((m.digest, m.len), m.offset))
+        .collect();
+    let mut out: Vec<Segment> = Vec::new();
+    for (i, m) in new.members().iter().enumerate() {
+        let len = u64::from(m.len);
+        match (have.get(&(m.digest, m.len)), out.last_mut()) {
+            (Some(&at), Some(Segment::Reuse { at: a, len: l }))
+                if *a + *l == at && *l + len <= MAX_SEGMENT =>
+            {
+                *l += len;
+            }
+            (Some(&at), _) => out.push(Segment::Reuse { at, len }),
+            (None, Some(Segment::Fetch { last, len: l, .. })) if *l + len <= MAX_SEGMENT => {
+                *last = i + 1;
+                *l += len;
+            }
+            (None, _) => out.push(Segment::Fetch {
+                first: i,
+                last: i + 1,
+                len,
+            }),
+        }
+    }
+    out
+}
+
+/// `len` bytes at `at` of the kept archive.
+async fn read_kept(file: Arc<File>, at: u64, len: u64) -> Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; usize::try_from(len)?];
+        file.read_exact_at(&mut buf, at)
+            .context("reading the kept archive")?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| anyhow!("reading thread failed: {e}"))?
+}
+
+/// A ranged read's bytes.
+struct Got {
+    bytes: Vec<u8>,
+    total: u64,
+    etag: Option<String>,
+}
+
+/// The requests of one delta fetch: what they brought in, under the
+/// bandwidth limit shared by all of them.
+struct Wire {
+    max_bandwidth: Option<u64>,
+    stall: Option<Duration>,
+    begin: Instant,
+    bytes: AtomicU64,
+    requests: AtomicU64,
+    /// The object's size, from the first answer.
+    total: AtomicU64,
+}
+
+impl Wire {
+    fn new(max_bandwidth: Option<u64>, stall: Option<Duration>) -> Self {
+        Wire {
+            max_bandwidth: max_bandwidth.filter(|bw| *bw > 0),
+            stall,
+            begin: Instant::now(),
+            bytes: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// One ranged request, read whole.
+    async fn read(&self, url: &str, range: Range, etag: Option<&str>) -> Result<Got> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let ranged = unless_stalled(self.stall, url, source::open_range(url, range, etag)).await?;
+        let expected = self.total.swap(ranged.total, Ordering::Relaxed);
+        ensure!(
+            expected == 0 || expected == ranged.total,
+            "the archive's size changed on the server"
+        );
+        let mut body = ranged.body;
+        let len = usize::try_from(ranged.len)?;
+        let mut bytes = Vec::with_capacity(len);
+        while bytes.len() < len {
+            let before = bytes.len();
+            let read = async {
+                let mut limited = (&mut body).take((len - before) as u64);
+                limited
+                    .read_buf(&mut bytes)
+                    .await
+                    .with_context(|| format!("reading {url}"))
+            };
+            let n = unless_stalled(self.stall, url, read).await?;
+            ensure!(n > 0, "{url}: the range ended early");
+            self.pace(n as u64).await;
+        }
+        Ok(Got {
+            bytes,
+            total: ranged.total,
+            etag: ranged.etag,
+        })
+    }
+
+    /// `members` (adjacent) in one request, each checked against its
+    /// digest.
+    async fn members(
+        &self,
+        url: &str,
+        members: &[MemberRef],
+        etag: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let (Some(first), Some(last)) = (members.first(), members.last()) else {
+            return Ok(Vec::new());
+        };
+        let got = self
+            .read(url, Range::Bounded(first.offset, last.end()), etag)
+            .await?;
+        for m in members {
+            let start = (m.offset - first.offset) as usize;
+            let bytes = &got.bytes[start..start + m.len as usize];
+            ensure!(
+                digest(bytes) == m.digest,
+                "the member at offset {} does not match the index",
+                m.offset
+            );
+        }
+        Ok(got.bytes)
+    }
+
+    /// Counts `n` bytes received and waits as the bandwidth limit asks.
+    async fn pace(&self, n: u64) {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(bw) = self.max_bandwidth {
+            let due = Duration::from_secs_f64(total as f64 / bw as f64);
+            if let Some(ahead) = due.checked_sub(self.begin.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{Entry, EntryType, IndexBuilder as Builder};
+
+    fn index(members: &[&[u8]]) -> Index {
+        let mut list: Vec<MemberRef> = Vec::new();
+        for m in members {
+            list.push(MemberRef::after(list.last(), m).unwrap());
+        }
+        let mut b = Builder::default();
+        b.entry(&Entry {
+            path: b"a".to_vec(),
+            kind: EntryType::File,
+            size: 1,
+            mode: 0o644,
+            mtime: 0,
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            group: String::new(),
+            link: Vec::new(),
+            device: (0, 0),
+            member: 0,
+        })
+        .unwrap();
+        b.finish(list).unwrap()
+    }
+
+    #[test]
+    fn members_held_are_copied_and_the_others_fetched_in_merged_ranges() {
+        let old = index(&[b"aa", b"bbb", b"cccc", b"dd"]);
+        let new = index(&[b"aa", b"bbb", b"xx", b"yy", b"dd", b"cccc"]);
+        assert_eq!(
+            plan(&new, &old),
+            [
+                Segment::Reuse { at: 0, len: 5 },
+                Segment::Fetch {
+                    first: 2,
+                    last: 4,
+                    len: 4
+                },
+                Segment::Reuse { at: 9, len: 2 },
+                Segment::Reuse { at: 5, len: 4 },
+            ]
+        );
+    }
+
+    #[test]
+    fn schemes_with_ranges() {
+        assert!(applies("https://h/a.tar.gz"));
+        assert!(applies("s3://b/k"));
+        assert!(!applies("file:///a.tar.gz"));
+    }
+}

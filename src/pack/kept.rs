@@ -1,0 +1,77 @@
+//! The last verified packed archive deployed to a dest, kept under
+//! `<state dir>/packed/` (one file per dest, named by a hash of the dest's
+//! resolved path) for the next delta fetch to reuse members from. Only
+//! packed archives are kept; each successful deploy of one replaces it.
+//! Runs on one dest hold its lock, so one run at a time reads or writes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
+
+use super::{read_index, Index};
+
+const DIR: &str = "packed";
+
+/// Where the packed archive last deployed to one dest is kept.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    dest: String,
+    path: PathBuf,
+}
+
+impl Kept {
+    /// The place for `dest`'s archive in `state_dir`.
+    pub fn for_dest(state_dir: &Path, dest: &str) -> Kept {
+        let resolved = crate::lock::resolve_link(Path::new(dest));
+        let key = Sha256::digest(resolved.as_os_str().as_encoded_bytes());
+        Kept {
+            dest: dest.to_string(),
+            path: state_dir
+                .join(DIR)
+                .join(format!("{}.tar.gz", hex::encode(&key[..16]))),
+        }
+    }
+
+    /// The dest it is kept for.
+    pub fn dest(&self) -> &str {
+        &self.dest
+    }
+
+    /// The kept archive and its index; `None` when none is kept.
+    pub fn open(&self) -> Result<Option<(File, Index)>> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        };
+        let index =
+            read_index(&file).with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(Some((file, index)))
+    }
+
+    /// Keeps `archive` (verified against the manifest's checksum) when it
+    /// is a packed archive, replacing the one kept before; a plain archive
+    /// is not kept. Returns whether it was.
+    pub fn keep(&self, archive: &Path) -> Result<bool> {
+        let packed = File::open(archive)
+            .ok()
+            .is_some_and(|f| read_index(&f).is_ok());
+        if !packed {
+            return Ok(false);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let temp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&temp);
+        if std::fs::hard_link(archive, &temp).is_err() {
+            std::fs::copy(archive, &temp)
+                .with_context(|| format!("copying the archive to {}", temp.display()))?;
+        }
+        std::fs::rename(&temp, &self.path)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        Ok(true)
+    }
+}

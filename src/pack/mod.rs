@@ -1,0 +1,46 @@
+//! Packed archives (SPEC 8.9): a `.tar.gz` that every tool extracts as
+//! usual, made of gzip members that each hold whole tar entries, then the
+//! tar end blocks, then an index in the extra field of empty members, then
+//! a fixed-size footer member that locates the index.
+//!
+//! One index type ([`Index`]), written by the packer ([`pack`]) and read
+//! through the footer ([`Footer`]) by the delta fetch and by the strategies;
+//! none of them parses the archive's tail on its own. [`Kept`] is the
+//! last verified packed archive of a dest, which a delta fetch reuses.
+
+mod gzip;
+mod index;
+mod kept;
+mod names;
+mod walk;
+mod writer;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use anyhow::{Context, Result};
+
+pub use gzip::Footer;
+pub use index::{
+    digest, Builder as IndexBuilder, Digest, Entries, Entry, EntryType, Index, MemberRef,
+    DIGEST_LEN,
+};
+pub use kept::Kept;
+pub use writer::{pack, Options, Summary, MAX_MEMBER_SIZE, SPLIT};
+
+/// Reads the index of the packed archive in `file`: its footer, then the
+/// index members it points at. An error when `file` is not one.
+pub fn read_index(file: &File) -> Result<Index> {
+    let total = file.metadata().context("stat")?.len();
+    let footer_len = Footer::LEN as u64;
+    anyhow::ensure!(total >= footer_len, "no packed-archive footer");
+    let mut tail = vec![0u8; Footer::LEN];
+    file.read_exact_at(&mut tail, total - footer_len)
+        .context("reading the footer")?;
+    let footer = Footer::parse(&tail, total)?;
+    let len = usize::try_from(footer.index_len).context("index length")?;
+    let mut members = vec![0u8; len];
+    file.read_exact_at(&mut members, footer.index_offset)
+        .context("reading the index")?;
+    footer.index(&members)
+}
