@@ -607,3 +607,120 @@ fn the_deleted_count_includes_what_a_replaced_or_removed_directory_held() {
         );
     }
 }
+
+/// A renamed or moved tree (fingerprinted asset names) fits wherever rsync
+/// fits (SPEC 8.1): when placing runs out of room, native first deletes
+/// what the archive lacks, as rsync does. On a 2 MiB tmpfs mounted as
+/// dest, holding `data/f1..f12` (1.2 MB), each of these redeploys leaves
+/// what rsync leaves, with the default limit (the free space) and with
+/// none (the disk fills): the files moved to `newdir/`, to the top, and
+/// `data` become one file. The log says so, and counts what went as
+/// rsync's `deleting` lines do.
+#[test]
+fn a_moved_tree_fits_wherever_rsync_fits() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let files = |dir: &str| -> Vec<(String, Vec<u8>)> {
+        (1..=12u8)
+            .map(|i| (format!("{dir}f{i}"), vec![i; 100_000]))
+            .collect()
+    };
+    // Directories are members, so that their mtimes are the archive's.
+    let tar_of = |dir: &str, files: &[(String, Vec<u8>)]| {
+        let mut members: Vec<Member> = files
+            .iter()
+            .map(|(name, data)| Member::File(name, data, 0o644))
+            .collect();
+        if !dir.is_empty() {
+            members.insert(0, Member::Dir(dir, 0o755));
+        }
+        tar(&members)
+    };
+    let c1 = tar_of("data", &files("data/"));
+    let cases = [
+        ("moved to newdir/", tar_of("newdir", &files("newdir/"))),
+        ("moved to the top", tar_of("", &files("g"))),
+        (
+            "data made one file",
+            tar(&[Member::File("data", &vec![7; 1_200_000], 0o644)]),
+        ),
+    ];
+    // With an exclude (that matches nothing), directories go path by path.
+    let with_excludes = ["", "excludes: [never-matches]\n"];
+    for ((case, next), excludes) in cases.iter().flat_map(|c| with_excludes.map(|e| (c, e))) {
+        let runs = [("rsync", "0"), ("native", ""), ("native", "0")].map(|(strategy, limit)| {
+            let fx = Fixture::new();
+            let dest = fx.dest();
+            std::fs::create_dir(&dest).unwrap();
+            let _mounted = common::Mount::tmpfs(&dest, "size=2m");
+            let mut log = String::new();
+            for (name, data) in [("c1.tar", &c1), ("next.tar", next)] {
+                let yaml = manifest_into(&fx, &dest, name, data, strategy) + excludes;
+                let url = fx.manifest(&yaml);
+                let args: &[&str] = match limit {
+                    "" => &[],
+                    _ => &["--max-extract-size", limit],
+                };
+                let run = fx.run(&url, args, &[]);
+                assert_eq!(
+                    run.code(),
+                    0,
+                    "{strategy} {limit} deploying {name} ({case}) {excludes}:\n{}",
+                    run.stderr()
+                );
+                log = run.stderr();
+            }
+            assert_eq!(hidden_below(&dest), Vec::<String>::new(), "{case}");
+            (tree(&dest), log)
+        });
+        let (by_rsync, rsync_log) = &runs[0];
+        let deleting = rsync_log
+            .lines()
+            .filter(|l| l.get(20..).is_some_and(|l| l.starts_with("deleting ")))
+            .count();
+        assert!(deleting >= 12, "{case}: {rsync_log}");
+        for (native, log) in &runs[1..] {
+            assert_eq!(native, by_rsync, "{case}");
+            assert!(
+                log.contains("deleting what the archive lacks first"),
+                "{case}: {log}"
+            );
+            assert!(
+                log.contains(&format!(" {deleting} deleted")),
+                "{case}: {log}"
+            );
+        }
+    }
+}
+
+/// An archive that does not fit even with what it lacks gone fails as
+/// before, naming the directory whose free space was measured: dest
+/// itself when dest is a mount point, not its parent.
+#[test]
+fn too_big_for_a_dest_mount_point_names_dest() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    let dest = fx.dest();
+    std::fs::create_dir(&dest).unwrap();
+    let _mounted = common::Mount::tmpfs(&dest, "size=1m");
+    std::fs::write(dest.join("old"), vec![1; 300_000]).unwrap();
+    let big = vec![2; 700_000];
+    let data = tar(&[
+        Member::File("a", &big, 0o644),
+        Member::File("b", &big, 0o644),
+    ]);
+    let log = fx
+        .deploy(&manifest_into(&fx, &dest, "big.tar", &data, "native"))
+        .failed();
+    let want = format!("free on {} (--max-extract-size)", dest.display());
+    assert!(log.contains(&want), "{log}");
+    assert!(
+        log.contains("deleting what the archive lacks first"),
+        "{log}"
+    );
+}

@@ -70,7 +70,8 @@ impl MaxSize {
         }
     }
 
-    /// The limit for an extraction into `dir`.
+    /// The limit for writing on `dir`'s filesystem (its free space bounds
+    /// the default, and the message names `dir`).
     fn resolve(self, dir: &Path) -> Result<Option<SizeLimit>> {
         let bytes = match self {
             Self::Unlimited => return Ok(None),
@@ -80,11 +81,7 @@ impl MaxSize {
                 if free < DEFAULT_MAX_SIZE {
                     return Ok(Some(SizeLimit {
                         bytes: free,
-                        label: format!(
-                            "the {} free on {}",
-                            size_label(free),
-                            dir.parent().unwrap_or(dir).display()
-                        ),
+                        label: format!("the {} free on {}", size_label(free), dir.display()),
                     }));
                 }
                 DEFAULT_MAX_SIZE
@@ -257,8 +254,8 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// The budget for writing into `dir` (whose filesystem's free space
-    /// bounds the default).
+    /// The budget for writing on `dir`'s filesystem (whose free space
+    /// bounds the default; the message names `dir`).
     pub fn new(max_size: MaxSize, dir: &Path) -> Result<Self> {
         Ok(Budget {
             limit: max_size.resolve(dir)?,
@@ -266,17 +263,44 @@ impl Budget {
         })
     }
 
-    /// Charges `bytes` for writing member `name`; fails past the limit.
+    /// Charges `bytes` for writing member `name`; fails past the limit
+    /// (and then charges nothing).
     pub fn charge(&mut self, bytes: u64, name: &str) -> Result<()> {
-        self.spent = self.spent.saturating_add(bytes);
+        let spent = self.spent.saturating_add(bytes);
         match &self.limit {
-            Some(limit) if self.spent > limit.bytes => bail!(
+            Some(limit) if spent > limit.bytes => Err(OutOfRoom(format!(
                 "archive expands past {} (--max-extract-size): stopped at {name}",
                 limit.label
-            ),
-            _ => Ok(()),
+            ))
+            .into()),
+            _ => {
+                self.spent = spent;
+                Ok(())
+            }
         }
     }
+}
+
+/// The error of a [`Budget`] spent: the archive needs more room than the
+/// limit gives.
+#[derive(Debug)]
+pub(crate) struct OutOfRoom(String);
+
+impl std::fmt::Display for OutOfRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutOfRoom {}
+
+/// Whether `err` is a lack of room: a [`Budget`] spent, or a full disk.
+pub(crate) fn out_of_room(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<OutOfRoom>()
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+    })
 }
 
 /// A resolved `--max-extract-size`.
@@ -298,7 +322,10 @@ pub fn extract(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let extracted = (|| {
-        let mut writer = Writer::new(dir, Budget::new(max_size, dir)?)?;
+        // The free space is the parent's, which the message names: `dir`
+        // was made there just now.
+        let room = Budget::new(max_size, dir.parent().unwrap_or(dir))?;
+        let mut writer = Writer::new(dir, room)?;
         apply(archive, &mut writer, cancel)?;
         writer.finish()
     })();

@@ -20,6 +20,7 @@ impl Placer<'_> {
     pub(super) fn remove_dir(&mut self, rel: &Path, path: &Path) -> Result<()> {
         let below = paths_below(rel, path);
         if self.excludes.is_empty() {
+            self.give_back_below(&below);
             crate::scratch::remove_tree(path)
                 .with_context(|| format!("replacing {}", path.display()))?;
             self.counts.deleted += below.len() as u64;
@@ -50,7 +51,8 @@ impl Placer<'_> {
     }
 
     /// Deletes the entries of the directory `rel` that the archive lacks,
-    /// and recurses into those it has.
+    /// and recurses into those it has; a directory the archive has as a
+    /// non-directory (`as_files`) goes too, counting what it held.
     pub(super) fn delete_extra(&mut self, rel: &Path, cancel: &CancellationToken) -> Result<()> {
         interrupted(cancel)?;
         let dir = self.dest.join(rel);
@@ -60,7 +62,9 @@ impl Placer<'_> {
             let child = rel.join(entry.file_name());
             let is_dir = entry.file_type()?.is_dir();
             if self.seen.contains(&child) {
-                if is_dir && !self.fresh.contains(&child) {
+                if is_dir && self.as_files.contains(&child) {
+                    self.remove_dir(&child, &entry.path())?;
+                } else if is_dir && !self.fresh.contains(&child) {
                     self.delete_extra(&child, cancel)?;
                 }
                 continue;
@@ -70,13 +74,18 @@ impl Placer<'_> {
             }
             let path = entry.path();
             if !is_dir {
+                let meta = entry.metadata();
                 fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
+                if let Ok(meta) = meta {
+                    self.room.give_back(&meta);
+                }
                 self.counts.deleted += 1;
             } else if self.excludes.is_empty() {
-                let below = paths_below(&child, &path).len() as u64;
+                let below = paths_below(&child, &path);
+                self.give_back_below(&below);
                 crate::scratch::remove_tree(&path)
                     .with_context(|| format!("deleting {}", path.display()))?;
-                self.counts.deleted += below + 1;
+                self.counts.deleted += below.len() as u64 + 1;
             } else if self.delete_unprotected(&child, &path)? {
                 // What cannot go because it holds excluded paths stays,
                 // as with rsync.
@@ -105,8 +114,12 @@ impl Placer<'_> {
                 self.counts.deleted += u64::from(gone);
                 empty &= gone;
             } else {
+                let meta = entry.metadata();
                 fs::remove_file(entry.path())
                     .with_context(|| format!("deleting {}", entry.path().display()))?;
+                if let Ok(meta) = meta {
+                    self.room.give_back(&meta);
+                }
                 self.counts.deleted += 1;
             }
         }
@@ -114,6 +127,16 @@ impl Placer<'_> {
             fs::remove_dir(path).with_context(|| format!("deleting {}", path.display()))?;
         }
         Ok(empty)
+    }
+
+    /// Credits the room of the entries at `below` (paths in dest), which
+    /// are about to go.
+    fn give_back_below(&mut self, below: &[PathBuf]) {
+        for rel in below {
+            if let Ok(meta) = fs::symlink_metadata(self.dest.join(rel)) {
+                self.room.give_back(&meta);
+            }
+        }
     }
 }
 

@@ -22,7 +22,8 @@
 //! each member; `quick_check.rs` decides what is left as it is;
 //! `held_back.rs` holds the members that wait for the end of the archive
 //! or for a second read; `delete.rs` removes what dest has and the archive
-//! lacks; `room.rs` counts the bytes held against `--max-extract-size`;
+//! lacks; `prune.rs` deletes it first when placing runs out of room;
+//! `room.rs` counts the bytes held against `--max-extract-size`;
 //! `meta.rs` and `temp.rs` are the metadata an entry gets and the temp
 //! names it is written under.
 
@@ -41,6 +42,7 @@ mod first_deploy;
 mod held_back;
 mod meta;
 mod place;
+mod prune;
 mod quick_check;
 mod room;
 mod temp;
@@ -151,11 +153,14 @@ pub(super) fn stream(
         false => dest.parent().unwrap_or(dest),
     };
     let budget = Budget::new(job.max_size, on)?;
+    let into_dest = matches!(into, Target::Dest);
     let mut placer = Placer::new(dest, excludes, Room::new(budget), into)?;
-    archive::apply(job.archive, &mut placer, job.cancel)?;
-    placer.place_deferred()?;
-    if !placer.pending.is_empty() {
-        placer.place_pending(job)?;
+    match placer.place_all(job) {
+        Err(e) if into_dest && archive::out_of_room(&e) => {
+            placer = placer.prune(job)?;
+            placer.place_all(job)?;
+        }
+        placed => placed?,
     }
     placer.finish(job.dest_mode, job.cancel)
 }
@@ -228,6 +233,9 @@ struct Counts {
     written: u64,
     unchanged: u64,
     deleted: u64,
+    /// Files written before placing started again (see `prune.rs`): the
+    /// second time they pass the quick check, but were not unchanged.
+    placed_before: u64,
 }
 
 /// Places members into `dest`.
@@ -243,6 +251,9 @@ struct Placer<'a> {
     ids: (u32, u32),
     /// Every path the archive's tree has, so far.
     seen: HashSet<PathBuf>,
+    /// Paths the archive's whole tree has as non-directories, when known
+    /// before placing (see `prune.rs`): a directory in dest there goes.
+    as_files: HashSet<PathBuf>,
     /// Directory metadata to apply at the end, by path ("" is dest).
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// Directories known to be real directories in dest now.
@@ -306,6 +317,7 @@ impl<'a> Placer<'a> {
             umask,
             ids,
             seen: HashSet::new(),
+            as_files: HashSet::new(),
             dirs,
             made: HashSet::new(),
             fresh: HashSet::new(),
@@ -321,6 +333,16 @@ impl<'a> Placer<'a> {
             linked: HashSet::new(),
             counts: Counts::default(),
         })
+    }
+
+    /// Places every member: the archive, then the members held back.
+    fn place_all(&mut self, job: &Job<'_>) -> Result<()> {
+        archive::apply(job.archive, self, job.cancel)?;
+        self.place_deferred()?;
+        if !self.pending.is_empty() {
+            self.place_pending(job)?;
+        }
+        Ok(())
     }
 
     /// Deletes what dest has and the archive lacks (keeping excluded
@@ -374,7 +396,7 @@ impl<'a> Placer<'a> {
             log::info!(
                 "native sync: {} written, {} unchanged, {} deleted",
                 c.written,
-                c.unchanged,
+                c.unchanged.saturating_sub(c.placed_before),
                 c.deleted
             );
         }

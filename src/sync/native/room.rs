@@ -31,14 +31,15 @@ impl Room {
     }
 
     /// Charges `bytes` about to be written for member `name`; fails past
-    /// the limit.
+    /// the limit (and then charges nothing).
     pub(super) fn charge(&mut self, bytes: u64, name: &str) -> Result<()> {
-        self.now += i128::from(bytes);
-        if self.now > self.peak {
-            let more = u64::try_from(self.now - self.peak).unwrap_or(u64::MAX);
+        let now = self.now + i128::from(bytes);
+        if now > self.peak {
+            let more = u64::try_from(now - self.peak).unwrap_or(u64::MAX);
             self.budget.charge(more, name)?;
-            self.peak = self.now;
+            self.peak = now;
         }
+        self.now = now;
         Ok(())
     }
 
