@@ -22,6 +22,11 @@ use crate::releases::{self, Layout};
 use crate::report::{Report, RunResult};
 use crate::state::{self, StateDir};
 
+/// The query answered with this host's status.
+pub const STATUS: &str = "stretcher-status";
+/// The query answered by rolling a release dest back.
+pub const ROLLBACK: &str = "stretcher-rollback";
+
 /// Room for the status object, under Serf's 1 KiB.
 const MAX_STATUS: usize = 900;
 
@@ -41,8 +46,8 @@ impl Answer {
             return None;
         }
         match how.serf_name.as_deref() {
-            Some(crate::fleet::STATUS) => Some(Answer::Status),
-            Some(crate::fleet::ROLLBACK) => Some(Answer::Rollback),
+            Some(STATUS) => Some(Answer::Status),
+            Some(ROLLBACK) => Some(Answer::Rollback),
             _ => None,
         }
     }

@@ -226,7 +226,7 @@ pub struct FleetQueryArgs {
     #[arg(long = "node", value_name = "NAME")]
     pub nodes: Vec<String>,
     /// How long hosts have to answer
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "60s")]
     pub timeout: Duration,
     /// Print one JSON object for scripts
     #[arg(long)]
@@ -239,7 +239,7 @@ pub struct FleetStatusArgs {
     #[command(flatten)]
     pub rpc: RpcArgs,
     /// How long hosts have to answer
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "10s")]
     pub timeout: Duration,
     /// Print one JSON object for scripts
     #[arg(long)]
@@ -264,7 +264,7 @@ pub struct FleetRolloutArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub pause: Duration,
     /// How long each batch's hosts have to answer
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "60s")]
     pub timeout: Duration,
     /// When a batch stops the rollout, roll back its hosts that deployed (sync_strategy: release)
     #[arg(long)]

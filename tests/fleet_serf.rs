@@ -94,7 +94,7 @@ fn stamp(home: &Path, name: &str) -> u128 {
 fn rollout_deploys_batch_by_batch_and_stops_and_rolls_back_at_a_failing_batch() {
     let fx = Fixture::new();
     let cluster = six(&fx);
-    let (v1, _) = release(&fx, "1", STAMPS);
+    let (v1, sum1) = release(&fx, "1", STAMPS);
 
     let (out, _) = fleet(&cluster, &["rollout", &v1, "--batch", "2"]);
     let text = stdout(&out);
@@ -160,6 +160,11 @@ fn rollout_deploys_batch_by_batch_and_stops_and_rolls_back_at_a_failing_batch() 
             .count();
         assert_eq!(releases, 1, "{}", a.name);
     }
+    // Status tells by the live release: node4 is back on version 1.
+    let (out, _) = fleet(&cluster, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v1_hosts = &json["checksums"][&sum1[..8]];
+    assert_eq!(v1_hosts, &serde_json::json!(["node4", "node5", "node6"]));
 }
 
 #[test]

@@ -18,12 +18,10 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{FleetCommand, RpcArgs};
 use rpc::Client;
 
+pub use crate::answer::{ROLLBACK, STATUS};
+
 /// The query that deploys (the name `examples/serf/serf.json` registers).
 pub const DEPLOY: &str = "deploy";
-/// The query each agent answers with what it runs.
-pub const STATUS: &str = "stretcher-status";
-/// The query that rolls a release dest back.
-pub const ROLLBACK: &str = "stretcher-rollback";
 
 /// Runs a `stretcher fleet` command. `Ok(false)` when it ran but not
 /// every host ended well (the exit status is then non-zero).
@@ -136,6 +134,14 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A fleet command's `--timeout`: a duration above zero.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match crate::units::parse_duration(s)? {
+        d if d.is_zero() => Err("hosts need more than no time to answer".to_string()),
+        d => Ok(d),
+    }
+}
+
 /// `--batch`: a number of hosts, or a share of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batch {
@@ -202,6 +208,8 @@ mod tests {
         assert_eq!(Batch::Percent(50).size(5), 3);
         assert_eq!(Batch::Percent(100).size(7), 7);
         assert_eq!(Batch::Hosts(10).size(4), 4);
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_timeout("0").is_err());
     }
 
     #[test]
