@@ -11,7 +11,9 @@
 # `test-deps.sh dist`: what make dist needs (python3-venv for zig's venv,
 # binutils for objdump);
 # `test-deps.sh walkthrough`: what make walkthrough needs (rsync, serf,
-# minisign, python3).
+# minisign, python3);
+# `test-deps.sh fleet-bench`: what make fleet-bench needs (rsync, serf,
+# python3).
 set -eu
 what=${1:-test}
 cd "$(dirname "$0")/.."
@@ -29,6 +31,10 @@ bench)
 dist)
     need objdump binutils
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+    ;;
+fleet-bench)
+    need serf serf
+    need python3 python3
     ;;
 walkthrough)
     need serf serf
