@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::serf::{serf, state_and_report, wait_until, Cluster, Options};
-use common::{bin, free_port, gzip, sha256, tar, Fixture, Member};
+use common::{bin, free_port, gzip, sha256, signal, tar, wait_exit, Fixture, Member};
 
 /// Six agents with `--state-dir` and `--report-file` in their homes.
 fn six(fx: &Fixture) -> Cluster {
@@ -257,6 +258,54 @@ fn status_shows_the_host_that_missed_the_event_on_the_old_checksum() {
     let node4 = &json["hosts"]["node4"]["dests"][0];
     assert_eq!(node4["checksum"], sum1.as_str());
     assert_eq!(node4["dest"], cluster.agents[3].dest.display().to_string());
+}
+
+#[test]
+fn ctrl_c_stops_a_rollout_before_the_next_batch() {
+    let fx = Fixture::new();
+    let cluster = Cluster::start_opts(
+        &fx,
+        &Options {
+            nodes: 4,
+            handler_args: &state_and_report,
+            rpc_auth: None,
+        },
+    );
+    let (url, _) = release(&fx, "1", "");
+    let mut child = Command::new(bin())
+        .args(["fleet", "rollout", &url, "--batch", "2", "--pause", "60s"])
+        .args(["--rpc-addr", &cluster.agents[0].rpc])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("Pausing") {
+            break;
+        }
+    }
+    let started = Instant::now();
+    signal(&child, libc::SIGINT);
+    assert_eq!(wait_exit(&mut child), 1, "{seen:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let text = rest.join("\n");
+    assert!(text.contains("Interrupted before batch 2 of 2"), "{text}");
+    assert!(text.contains("2 of 4 hosts ok"), "{text}");
+    for a in &cluster.agents[..2] {
+        assert_eq!(serves(&a.dest), page("1"), "{}", a.name);
+    }
+    for a in &cluster.agents[2..] {
+        assert!(!a.dest.exists(), "{} deployed", a.name);
+    }
 }
 
 #[test]

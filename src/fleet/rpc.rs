@@ -10,6 +10,12 @@
 //! records until Serf's own deadline, even after its caller stopped
 //! listening (Serf cannot cancel a query); the reader keeps reading and
 //! drops them, so later requests on the connection still work.
+//!
+//! Written here rather than taken from the `serf-rpc` crate: its last
+//! release (0.2.0, February 2021) has no `query` (its source says `TODO:
+//! query`) and is built on rmp-serde 0.15. Serf's `stop` command only ends
+//! `monitor` and `stream` subscriptions, which fleet does not use, so
+//! neither is here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
