@@ -1,6 +1,6 @@
 CARGO ?= cargo
 
-.PHONY: build release test deps demo bench fuzz man assets dist deb rpm walkthrough clean
+.PHONY: build release test deps demo bench fleet-bench fuzz man assets dist deb rpm walkthrough clean
 
 build:
 	$(CARGO) build
@@ -75,6 +75,16 @@ demo: release
 bench: release
 	sh scripts/test-deps.sh bench
 	python3 bench/bench.py
+
+## fleet-bench: 100 real Serf agents on 127.0.0.1, each deploying its own
+## dest from one local HTTP origin: serf event (all at once), serf query,
+## stretcher fleet query, a rollout in batches of 10; writes its section of
+## bench/results.md (FLEET_AGENTS, FLEET_BATCH to change the sizes)
+FLEET_AGENTS ?= 100
+FLEET_BATCH ?= 10
+fleet-bench: release
+	sh scripts/test-deps.sh fleet-bench
+	python3 bench/fleet_bench.py --agents $(FLEET_AGENTS) --batch $(FLEET_BATCH)
 
 ## fuzz: run each cargo-fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS
 ## (default 60); fails if one finds a crash, a panic or an input that takes

@@ -661,7 +661,14 @@ def main():
     text = "\n".join(lines) + "\n"
     print()
     print(text)
-    with open(os.path.join(HERE, "results.md"), "w") as f:
+    path = os.path.join(HERE, "results.md")
+    # The section make fleet-bench writes (bench/fleet_bench.py) stays.
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if "<!-- fleet-bench -->" in old:
+            text += "\n" + old[old.index("<!-- fleet-bench -->"):]
+    with open(path, "w") as f:
         f.write(text)
 
 

@@ -17,6 +17,8 @@
 # `test-deps.sh walkthrough`: what make walkthrough needs (rsync, serf,
 # minisign, python3);
 # `test-deps.sh rpm`: what make rpm needs (cargo-generate-rpm 0.14.1).
+# `test-deps.sh fleet-bench`: what make fleet-bench needs (rsync, serf,
+# python3).
 set -eu
 what=${1:-test}
 cd "$(dirname "$0")/.."
@@ -48,6 +50,10 @@ bench)
 dist)
     need objdump binutils
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$missing python3-venv"
+    ;;
+fleet-bench)
+    need serf serf
+    need python3 python3
     ;;
 walkthrough)
     need serf serf

@@ -143,6 +143,9 @@ pub enum Subcommand {
     Rollback(RollbackArgs),
     /// Write DIR as a packed .tar.gz (any tar extracts it; agents with --state-dir then fetch only its changed parts)
     Pack(PackArgs),
+    /// Deploy to a Serf cluster (all at once or in batches) and see what each host runs, through the local Serf agent's RPC
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Print a completion script for SHELL on stdout
     Completions {
         /// The shell to complete for
@@ -223,6 +226,89 @@ fn member_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s}: must be from 512 bytes to 64MiB"));
     }
     Ok(n)
+}
+
+/// `stretcher fleet`'s commands (SPEC 8.8).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum FleetCommand {
+    /// Send the deploy query to every matching host; print each answer as it arrives, and return as soon as all have answered
+    Query(FleetQueryArgs),
+    /// Ask every matching host what it runs; print the hosts grouped by the checksum live in their dests
+    Status(FleetStatusArgs),
+    /// Deploy batch by batch, stopping at the first batch with too many failures
+    Rollout(FleetRolloutArgs),
+}
+
+/// The Serf agent to talk to, and which members to ask: every fleet
+/// command takes these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RpcArgs {
+    /// The Serf agent's RPC address [default: $SERF_RPC_ADDR, else 127.0.0.1:7373]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rpc_addr: Option<String>,
+    /// The Serf agent's RPC auth key [default: $SERF_RPC_AUTH]
+    #[arg(long, value_name = "KEY")]
+    pub rpc_auth: Option<String>,
+    /// Only members whose tag KEY matches VALUE, a regular expression over the whole value; repeatable
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::fleet::parse_tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+/// `stretcher fleet query`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetQueryArgs {
+    /// The manifest URL each host deploys
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Only this member; repeatable
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// How long hosts have to answer
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "60s")]
+    pub timeout: Duration,
+    /// Print one JSON object for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stretcher fleet status`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetStatusArgs {
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// How long hosts have to answer
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "10s")]
+    pub timeout: Duration,
+    /// Print one JSON object for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stretcher fleet rollout`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetRolloutArgs {
+    /// The manifest URL each host deploys
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub rpc: RpcArgs,
+    /// Hosts per batch: a number (10) or a share of the matching hosts (10%)
+    #[arg(long, value_name = "N|P%", value_parser = crate::fleet::Batch::parse)]
+    pub batch: crate::fleet::Batch,
+    /// Stop after a batch with more than this many failed or missing answers
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failed: usize,
+    /// Wait this long between batches
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub pause: Duration,
+    /// How long each batch's hosts have to answer
+    #[arg(long, value_name = "DURATION", value_parser = crate::fleet::parse_timeout, default_value = "60s")]
+    pub timeout: Duration,
+    /// When a batch stops the rollout, roll back its hosts that deployed (sync_strategy: release)
+    #[arg(long)]
+    pub rollback_on_failure: bool,
 }
 
 /// What the agent was asked to do, with every value already parsed.

@@ -3,11 +3,13 @@
 //! `dest`, running the manifest's hooks around it. [`run`] is the whole
 //! sequence; each module owns one step of it.
 
+pub mod answer;
 pub mod archive;
 pub mod cli;
 pub mod digest;
 pub mod event;
 pub mod fetch;
+pub mod fleet;
 pub mod guard;
 pub mod hooks;
 pub mod lock;

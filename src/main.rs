@@ -46,6 +46,11 @@ fn main() -> ExitCode {
         }
     };
     let ok = runtime.block_on(async {
+        // `stretcher-status` and `stretcher-rollback` queries answer, not deploy.
+        if let Some(answer) = stretcher::answer::Answer::for_query(&how) {
+            println!("{}", answer.line(&config, &how).await);
+            return true;
+        }
         let signals = stretcher::Signals::default();
         // Handlers are in place before the run starts, so no early signal
         // kills the process with temp files left behind.
@@ -79,6 +84,7 @@ fn subcommand(sub: Subcommand) -> ExitCode {
         .map(String::into_bytes),
         Subcommand::Rollback(args) => rollback(&args).map(|()| Vec::new()),
         Subcommand::Pack(args) => pack(&args).map(String::into_bytes),
+        Subcommand::Fleet(command) => return fleet(command),
         Subcommand::Completions { shell } => Ok(cli::completions(shell)),
         Subcommand::Man => cli::man_page().map_err(Into::into),
     };
@@ -100,6 +106,26 @@ fn pack(args: &cli::PackArgs) -> anyhow::Result<String> {
     };
     let summary = stretcher::pack::pack(&args.dir, &args.output, &opts)?;
     Ok(summary.report(&args.output))
+}
+
+/// `stretcher fleet …`: prints as it goes; exit 1 unless every host is ok.
+fn fleet(command: cli::FleetCommand) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(stretcher::fleet::run(command)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("stretcher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `stretcher rollback`, logging what it switched as the agent logs.

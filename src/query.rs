@@ -49,17 +49,27 @@ impl Outcome {
             Outcome::Skipped(label) => format!("skipped {label}: already deployed"),
             Outcome::Failed { step, error } => format!("failed {step}: {error}"),
         };
-        let mut line = line.replace(['\n', '\r'], " ");
-        if line.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
-        line
+        one_line(&line)
     }
+}
+
+/// `text` as one answer line: line breaks become spaces, and it is cut
+/// to stay under Serf's 1 KiB answer limit.
+pub fn one_line(text: &str) -> String {
+    truncate(&text.replace(['\n', '\r'], " "), MAX_LINE)
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with `…`
+/// when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod http;
 #[cfg(all(feature = "s3", feature = "gcs"))]
 pub mod objstore;
+pub mod serf;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
