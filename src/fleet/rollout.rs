@@ -28,6 +28,15 @@ struct Row {
     detail: String,
 }
 
+impl Row {
+    /// Whether this rollout changed the host: it answered `ok`, not
+    /// `skipped` (its replay guard had deployed the URL before), so a
+    /// rollback of its batch goes to it.
+    fn deployed_now(&self) -> bool {
+        self.result == "ok" && self.detail.split_whitespace().next() == Some("ok")
+    }
+}
+
 /// Runs `fleet rollout`; `Ok(true)` when every host deployed.
 pub async fn run(args: FleetRolloutArgs) -> Result<bool> {
     let client = connect(&args.rpc).await?;
@@ -167,7 +176,7 @@ async fn roll_back(
 ) -> Result<()> {
     let deployed: Vec<String> = batch
         .iter()
-        .filter(|n| rows.get(*n).is_some_and(|r| r.result == "ok"))
+        .filter(|n| rows.get(*n).is_some_and(Row::deployed_now))
         .cloned()
         .collect();
     if deployed.is_empty() {
@@ -235,5 +244,22 @@ async fn on_ctrl_c(after_batch: CancellationToken, now: CancellationToken) {
     after_batch.cancel();
     if tokio::signal::ctrl_c().await.is_ok() {
         now.cancel();
+    }
+}
+
+#[cfg(test)]
+mod rollback_tests {
+    use super::Row;
+
+    #[test]
+    fn only_hosts_that_deployed_in_this_rollout_are_rolled_back() {
+        let row = |result, detail: &str| Row {
+            batch: Some(1),
+            result,
+            detail: detail.to_string(),
+        };
+        assert!(row("ok", "ok /srv/app/current 0123abcd 1.20s").deployed_now());
+        assert!(!row("ok", "skipped serf query deploy@7: already deployed").deployed_now());
+        assert!(!row("failed", "failed post: exit 1").deployed_now());
     }
 }
