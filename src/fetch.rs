@@ -114,16 +114,14 @@ async fn download_once(
     let begin = Instant::now();
     let object = unless_stalled(stall, url, source::open(url)).await?;
     let (mut body, bar) = (object.body, Progress::download(object.size));
-    let file = tempfile::Builder::new()
-        .prefix("stretcher")
-        .tempfile()
-        .context("creating a temp file for src")?;
-    let path = file.path().display().to_string();
-    let out = file.reopen().context("reopening the temp file")?;
     // Three stages that overlap: reading here, hashing and writing on their
     // own threads. Bounded channels keep a few chunks in flight at most.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
+    let Sink {
+        file,
+        path,
+        tx,
+        sink,
+    } = Sink::start(verifier)?;
     // Small reads at low rates keep the pacing smooth.
     let chunk = max_bandwidth.map_or(CHUNK, |bw| (bw as usize / 10).clamp(1024, CHUNK));
     let mut written = 0u64;
@@ -187,6 +185,36 @@ async fn unless_stalled<T>(
     tokio::time::timeout(limit, step)
         .await
         .map_err(|_| anyhow!("stalled: no data from {url} for {}", format_duration(limit)))?
+}
+
+/// The temp file src is written to, and the thread pair that hashes and
+/// writes the chunks sent on `tx` (both the whole and the delta download).
+pub(crate) struct Sink {
+    pub file: NamedTempFile,
+    /// `file`'s path, for the log.
+    pub path: String,
+    pub tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// The verifier with every chunk hashed, once `tx` is dropped.
+    pub sink: tokio::task::JoinHandle<std::io::Result<Verifier>>,
+}
+
+impl Sink {
+    pub(crate) fn start(verifier: Verifier) -> Result<Self> {
+        let file = tempfile::Builder::new()
+            .prefix("stretcher")
+            .tempfile()
+            .context("creating a temp file for src")?;
+        let path = file.path().display().to_string();
+        let out = file.reopen().context("reopening the temp file")?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
+        Ok(Sink {
+            file,
+            path,
+            tx,
+            sink,
+        })
+    }
 }
 
 /// Hashes each chunk and hands it to a writer thread.

@@ -19,7 +19,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
-use super::{hash_and_write, unless_stalled, Options};
+use super::{unless_stalled, Options, Sink};
 use crate::digest::Verifier;
 use crate::pack::{digest, Footer, Index, Kept, MemberRef};
 use crate::source::{self, Range};
@@ -76,14 +76,12 @@ pub(super) async fn fetch(
     let new = footer.index(&index_bytes)?;
     let segments = plan(&new, &old);
 
-    let file = tempfile::Builder::new()
-        .prefix("stretcher")
-        .tempfile()
-        .context("creating a temp file for src")?;
-    let path = file.path().display().to_string();
-    let out = file.reopen().context("reopening the temp file")?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
+    let Sink {
+        file,
+        path,
+        tx,
+        sink,
+    } = Sink::start(verifier)?;
     let old_file = Arc::new(old_file);
     let reused = AtomicU64::new(0);
     let assembled: Result<()> = async {
