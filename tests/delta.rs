@@ -557,3 +557,59 @@ fn a_deploy_user_gets_the_delta_too() {
     assert_v2(&s);
     assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
 }
+
+/// The placement log line's numbers: compressed bytes inflated and the
+/// archive's data bytes.
+fn inflated(log: &str) -> (u64, u64) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("packed archive: ") && l.contains(" inflated"))
+        .unwrap_or_else(|| panic!("not placed from the index:\n{log}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.replace(',', "").parse().ok())
+        .collect();
+    (nums[1], nums[2])
+}
+
+/// SPEC 8.9: native and release read a packed archive by its index and
+/// inflate only the members holding what dest (or the live release)
+/// lacks by rsync's quick check; the tree is a full deploy's.
+#[test]
+fn native_and_release_inflate_only_the_members_dest_lacks() {
+    for strategy in ["native", "release"] {
+        let s = setup();
+        s.fx.write("v1.tar.gz", &s.v1);
+        s.fx.write("v2.tar.gz", &s.v2);
+        let extra = format!("sync_strategy: {strategy}\n");
+        let deploy = |name: &str, data: &[u8]| {
+            let url =
+                s.fx.manifest(&manifest_for(&s.fx, &s.fx.url(name), &sha256(data), &extra));
+            s.fx.run(&url, &[], &[]).ok()
+        };
+        deploy("v1.tar.gz", &s.v1);
+        // A file changed in dest since (another size): written again.
+        let touched = s.fx.dest().join("lib/d05/f005.rb");
+        if strategy == "native" {
+            std::fs::write(&touched, b"changed by hand").unwrap();
+        }
+        let log = deploy("v2.tar.gz", &s.v2);
+        let (read, total) = inflated(&log);
+        let changed = delta_bytes(&s.fx, &s.v1, &s.v2) - (s.v2.len() as u64 - total);
+        assert!(read > 0, "{strategy}: {log}");
+        assert!(
+            read <= changed + 20 * (32 << 10),
+            "{strategy}: inflated {read} of {total}, the changed members are {changed}"
+        );
+        assert!(read * 4 < total, "{strategy}: inflated {read} of {total}");
+        assert_v2(&s);
+        s.fx.assert_no_temp_files();
+
+        // The same archive again: nothing to inflate.
+        let log = deploy("v2.tar.gz", &s.v2);
+        if strategy == "native" {
+            assert_eq!(inflated(&log).0, 0, "{log}");
+        }
+        assert_v2(&s);
+    }
+}

@@ -8,6 +8,10 @@
 //! `DIFF_CASES=5000 cargo test --test native_diff` runs more cases;
 //! `DIFF_SEED=N` starts elsewhere; `DIFF_KEEP=1` keeps the cases' files
 //! (archives, starting dest, both results) and prints where.
+//!
+//! Every third case also packs v2's tree with `stretcher pack`: native
+//! and release then place it by its index (inflating only what dest
+//! lacks) and must still leave what rsync leaves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -629,10 +633,114 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
         (fresh.0, &fresh.1),
     )
     .map_err(|e| format!("{describe}, release: {e}"))?;
+    if seed % 3 == 0 {
+        packed_case(&mut g, &dir, &base, &settings, dest_mode, &explicit1)
+            .map_err(|e| format!("{describe}, packed: {e}"))?;
+    }
     if std::env::var_os("DIFF_KEEP").is_none() {
         crate_remove(&dir);
     }
     Ok(())
+}
+
+/// The same change as a packed archive: v2's tree (as extracted) packed by
+/// `stretcher pack` with a random member size, then placed into copies
+/// of the same dest by rsync, and by native and release, which read it by
+/// its index and inflate only the members holding what dest lacks.
+fn packed_case(
+    g: &mut Gen,
+    dir: &Path,
+    base: &Path,
+    settings: &Settings,
+    dest_mode: u32,
+    explicit1: &BTreeSet<String>,
+) -> Result<(), String> {
+    let dir = dir.join("packed");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::hard_link(dir.with_file_name("v1.tar"), dir.join("v1.tar")).unwrap();
+    let tree = dir.join("tree");
+    if place(
+        "mv",
+        &dir.with_file_name("v2.tar"),
+        &tree,
+        &Settings::default(),
+        dest_mode,
+    )
+    .is_err()
+    {
+        return Ok(()); // no tree to pack
+    }
+    // Directories the archive only implied got the time of extraction:
+    // an old one instead, so no deploy happens in the same second.
+    for (rel, is_dir) in walk(&tree).into_iter().chain([(String::new(), true)]) {
+        let path = tree.join(rel);
+        if is_dir && std::fs::metadata(&path).unwrap().mtime() > 1_700_000_000 {
+            let t = filetime::FileTime::from_unix_time(1_600_000_777, 0);
+            filetime::set_file_mtime(&path, t).unwrap();
+        }
+    }
+    let member_size = *[512usize, 4096, 64 << 10].choose(&mut g.rng).unwrap();
+    let packed = dir.join("v2.tar.gz");
+    let opts = stretcher::pack::Options {
+        member_size,
+        excludes: sync::Excludes::new(&[], "stretcher pack").unwrap(),
+    };
+    stretcher::pack::pack(&tree, &packed, &opts).map_err(|e| format!("pack: {e:#}"))?;
+    let mut explicit = BTreeSet::from([String::new()]);
+    for entry in walk(&tree) {
+        if entry.1 {
+            explicit.insert(entry.0);
+        }
+    }
+    let (with_rsync, with_native) = (dir.join("rsync"), dir.join("native"));
+    cp_a(base, &with_rsync);
+    cp_a(base, &with_native);
+    let excluding = !(settings.excludes.is_empty() && settings.exclude_from.is_empty());
+    let outcome = Outcome {
+        by_rsync: place("rsync", &packed, &with_rsync, settings, dest_mode),
+        by_native: place("native", &packed, &with_native, settings, dest_mode),
+        with_rsync,
+        with_native,
+        excluding,
+        repeated: BTreeMap::new(),
+    };
+    outcome.compare(&explicit, &format!("member size {member_size}"))?;
+    let fresh_dir = dir.join("fresh-rsync");
+    let mut never = settings.clone();
+    never.excludes.push("never\u{1}matches".into());
+    let fresh = place("rsync", &packed, &fresh_dir, &never, dest_mode);
+    release_case(
+        &dir,
+        &packed,
+        settings,
+        dest_mode,
+        (explicit1, &explicit),
+        (fresh, &fresh_dir),
+    )
+    .map_err(|e| format!("member size {member_size}, release: {e}"))
+}
+
+/// Every path below `root` (relative) and whether it is a directory.
+fn walk(root: &Path) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let is_dir = e.file_type().unwrap().is_dir();
+            if is_dir {
+                stack.push(path.clone());
+            }
+            out.push((path, is_dir));
+        }
+    }
+    out
 }
 
 /// `sync_strategy: release`: v1 then v2, each a new release beside
@@ -694,7 +802,7 @@ fn release_case(
     let (a, b) = (files_only(&reference), files_only(&live));
     let fresh = files_only(fresh_dir);
     let diffs = differences(&a, &b, "release", |k, seen| {
-        seen.nlink == 1 && fresh.get(k) == Some(seen)
+        (seen.nlink == 1 || seen.kind == "symlink") && fresh.get(k) == Some(seen)
     });
     if !diffs.is_empty() {
         return Err(format!("trees differ\n{}", diffs.join("\n")));

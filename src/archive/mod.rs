@@ -32,6 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 mod owner;
+mod packed;
 mod stream;
 mod write;
 
@@ -188,17 +189,35 @@ type Stream = TarStream<Box<dyn BufRead + Send>>;
 
 /// The data of the member being placed, read at most once.
 pub(crate) struct Data<'a> {
-    tar: &'a mut Stream,
+    source: Source<'a>,
     cancel: &'a CancellationToken,
 }
 
+/// Where a member's data comes from.
+enum Source<'a> {
+    /// The tar stream, which holds it next.
+    Stream(&'a mut Stream),
+    /// A packed archive's gzip member holding it, inflated only when the
+    /// data is asked for.
+    Packed(&'a mut packed::Cursor),
+}
+
 impl Data<'_> {
+    /// The tar stream, at the start of `m`'s data.
+    fn tar(&mut self, m: &Member) -> Result<&mut Stream> {
+        match &mut self.source {
+            Source::Stream(tar) => Ok(tar),
+            Source::Packed(cursor) => cursor.data_of(m),
+        }
+    }
+
     /// Writes the member's data into `file`, leaving a sparse member's holes
     /// as holes, and checking for a signal every few MiB.
     pub fn write_to(&mut self, m: &Member, file: &File) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::FileExt;
         let cancel = self.cancel;
+        let tar = self.tar(m)?;
         let mut done: u64 = 0;
         let mut check = |n: usize| -> Result<()> {
             let before = done / CANCEL_EVERY;
@@ -209,14 +228,14 @@ impl Data<'_> {
             Ok(())
         };
         match &m.sparse {
-            None => self.tar.copy_data(m.size, |chunk| {
+            None => tar.copy_data(m.size, |chunk| {
                 (&*file).write_all(chunk)?;
                 check(chunk.len())
             }),
             Some(sparse) => {
                 for &(offset, len) in &sparse.regions {
                     let mut at = offset;
-                    self.tar.copy_data(len, |chunk| {
+                    tar.copy_data(len, |chunk| {
                         file.write_all_at(chunk, at)?;
                         at += chunk.len() as u64;
                         check(chunk.len())
@@ -235,7 +254,7 @@ impl Data<'_> {
             bail!("{} is larger than 1 MiB", m.name);
         }
         let mut out = Vec::with_capacity(m.size as usize);
-        self.tar.copy_data(m.size, |chunk| {
+        self.tar(m)?.copy_data(m.size, |chunk| {
             out.extend_from_slice(chunk);
             Ok(())
         })?;
@@ -369,6 +388,22 @@ pub(crate) fn apply(archive: &Path, sink: &mut dyn Sink, cancel: &CancellationTo
     }
 }
 
+/// As [`apply`], but a packed archive (SPEC 8.9) is read by its index:
+/// `sink` gets each entry as the index lists it, and the gzip member
+/// holding an entry's data is inflated only when the sink reads the data.
+/// Any other archive (or one whose index cannot be read) is read as
+/// [`apply`] reads it.
+pub(crate) fn apply_indexed(
+    archive: &Path,
+    sink: &mut dyn Sink,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    match packed::Packed::open(archive) {
+        Some(packed) => packed.apply(sink, cancel),
+        None => apply(archive, sink, cancel),
+    }
+}
+
 fn each_member(
     tar: &mut Stream,
     sink: &mut dyn Sink,
@@ -377,26 +412,49 @@ fn each_member(
 ) -> Result<()> {
     let mut members: u64 = 0;
     while let Some(m) = tar.next_member()? {
-        interrupted(cancel)?;
-        members += 1;
-        if members > max_members {
-            bail!(
-                "archive has more than {} members (the limit): stopped at {}",
-                crate::units::comma(max_members),
-                m.name
-            );
-        }
-        if let Some(kind) = m.kind.skipped() {
-            ::log::info!(
-                "skipping {kind} member {}: devices, fifos and sockets are not extracted",
-                m.name
-            );
-            continue;
-        }
-        sink.member(&m, &mut Data { tar, cancel })?;
-        crate::progress::count(1);
+        hand_over(
+            &m,
+            &mut members,
+            max_members,
+            || Source::Stream(tar),
+            sink,
+            cancel,
+        )?;
     }
     interrupted(cancel)
+}
+
+/// Hands member `m` (the `count`th, counted here) and its data to `sink`,
+/// after the checks every way of reading shares: a signal, the member
+/// limit, devices and fifos skipped with a log line.
+fn hand_over<'a>(
+    m: &Member,
+    count: &mut u64,
+    max_members: u64,
+    source: impl FnOnce() -> Source<'a>,
+    sink: &mut dyn Sink,
+    cancel: &'a CancellationToken,
+) -> Result<()> {
+    interrupted(cancel)?;
+    *count += 1;
+    if *count > max_members {
+        bail!(
+            "archive has more than {} members (the limit): stopped at {}",
+            crate::units::comma(max_members),
+            m.name
+        );
+    }
+    if let Some(kind) = m.kind.skipped() {
+        ::log::info!(
+            "skipping {kind} member {}: devices, fifos and sockets are not extracted",
+            m.name
+        );
+        return Ok(());
+    }
+    let source = source();
+    sink.member(m, &mut Data { source, cancel })?;
+    crate::progress::count(1);
+    Ok(())
 }
 
 /// How the decompressor thread ended.

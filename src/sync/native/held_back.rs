@@ -156,7 +156,7 @@ impl Placer<'_> {
             captured: HashMap::new(),
             captured_by_target: BTreeMap::new(),
         };
-        archive::apply(job.archive, &mut late, job.cancel)?;
+        archive::apply_indexed(job.archive, &mut late, job.cancel)?;
         match late.due.values().flatten().next() {
             Some(p) => bail!(
                 "hard link {} to {}: no such member",

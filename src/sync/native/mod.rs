@@ -212,7 +212,8 @@ fn read_member(job: &Job<'_>, rel: &str) -> Result<String> {
         rel: &wanted,
         found: None,
     };
-    archive::apply(job.archive, &mut find, job.cancel).with_context(|| job.src.to_string())?;
+    archive::apply_indexed(job.archive, &mut find, job.cancel)
+        .with_context(|| job.src.to_string())?;
     let bytes = find
         .found
         .ok_or_else(|| anyhow!("exclude_from: {rel} is not a file in the archive"))?;
@@ -337,7 +338,7 @@ impl<'a> Placer<'a> {
 
     /// Places every member: the archive, then the members held back.
     fn place_all(&mut self, job: &Job<'_>) -> Result<()> {
-        archive::apply(job.archive, self, job.cancel)?;
+        archive::apply_indexed(job.archive, self, job.cancel)?;
         self.place_deferred()?;
         if !self.pending.is_empty() {
             self.place_pending(job)?;

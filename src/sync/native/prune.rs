@@ -66,7 +66,7 @@ impl<'e> Names<'e> {
             excludes: Some(excludes),
             ..Names::default()
         };
-        archive::apply(job.archive, &mut names, job.cancel)?;
+        archive::apply_indexed(job.archive, &mut names, job.cancel)?;
         Ok(names)
     }
 
