@@ -633,7 +633,7 @@ fn case(seed: u64, work: &Path) -> Result<(), String> {
         (fresh.0, &fresh.1),
     )
     .map_err(|e| format!("{describe}, release: {e}"))?;
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         packed_case(&mut g, &dir, &base, &settings, dest_mode, &explicit1)
             .map_err(|e| format!("{describe}, packed: {e}"))?;
     }

@@ -264,3 +264,148 @@ fn same_as_index(header: &Member, listed: &Member) -> Result<()> {
         listed.name
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Data;
+    use crate::pack::{index_members, Footer, IndexBuilder};
+    use std::io::Write;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn entry(path: &str, kind: EntryType, size: u64, mode: u32, member: u32) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            size,
+            mode,
+            mtime: 1_600_000_000,
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            group: String::new(),
+            link: Vec::new(),
+            device: (0, 0),
+            member,
+        }
+    }
+
+    /// A packed archive of `./`, `./a` (in the first member) and `./x`
+    /// holding "hello" with mode 0644 (in the second), whose index lists
+    /// `./x` with `listed_mode`.
+    fn archive(dir: &Path, listed_mode: u32) -> PathBuf {
+        let mut members = Vec::new();
+        for (name, kind, data) in [
+            ("./", tar::EntryType::Directory, None),
+            ("./a", tar::EntryType::Regular, Some(&b"first"[..])),
+            ("./x", tar::EntryType::Regular, Some(&b"hello"[..])),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_entry_type(kind);
+            h.set_mode(if name == "./" { 0o755 } else { 0o644 });
+            h.set_mtime(1_600_000_000);
+            let data = data.unwrap_or_default();
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            let mut raw = h.as_bytes().to_vec();
+            raw.extend_from_slice(data);
+            raw.resize(raw.len().div_ceil(512) * 512, 0);
+            if name == "./a" {
+                // `./` and `./a` share the first member.
+                let first: &mut Vec<u8> = members.last_mut().unwrap();
+                first.extend_from_slice(&raw);
+            } else {
+                members.push(raw);
+            }
+        }
+        members.push(vec![0; 1024]);
+        let members: Vec<Vec<u8>> = members.iter().map(|m| gzip(m)).collect();
+        let mut refs: Vec<MemberRef> = Vec::new();
+        for m in &members {
+            refs.push(MemberRef::after(refs.last(), m).unwrap());
+        }
+        let mut b = IndexBuilder::default();
+        b.entry(&entry("", EntryType::Dir, 0, 0o755, 0)).unwrap();
+        b.entry(&entry("a", EntryType::File, 5, 0o644, 0)).unwrap();
+        b.entry(&entry("x", EntryType::File, 5, listed_mode, 1))
+            .unwrap();
+        let data_end = refs.last().unwrap().end();
+        let index = b.finish(refs).unwrap();
+        let tail = index_members(&index);
+        let path = dir.join(format!("a{listed_mode:o}.tar.gz"));
+        let mut out = members.concat();
+        out.extend_from_slice(&tail);
+        out.extend_from_slice(&Footer::for_index(data_end, &tail).encode());
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    /// Reads the data of the entries named in `read`.
+    struct Reader<'a> {
+        read: &'a [&'a str],
+        got: Vec<(String, Vec<u8>)>,
+    }
+
+    impl Sink for Reader<'_> {
+        fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
+            if self.read.contains(&m.name.as_str()) {
+                self.got.push((m.name.clone(), data.read_small(m)?));
+            } else {
+                self.got.push((m.name.clone(), Vec::new()));
+            }
+            Ok(())
+        }
+    }
+
+    fn apply(path: &Path, read: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut sink = Reader {
+            read,
+            got: Vec::new(),
+        };
+        let packed = Packed::open(path).ok_or_else(|| anyhow!("not packed"))?;
+        packed.apply(&mut sink, &CancellationToken::new())?;
+        Ok(sink.got)
+    }
+
+    #[test]
+    fn entries_come_from_the_index_and_data_only_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = archive(dir.path(), 0o644);
+        assert_eq!(
+            apply(&path, &["./x"]).unwrap(),
+            [
+                ("./".to_string(), vec![]),
+                ("./a".to_string(), vec![]),
+                ("./x".to_string(), b"hello".to_vec())
+            ]
+        );
+        // Both: the stream at `./a` goes on into the next member.
+        let got = apply(&path, &["./a", "./x"]).unwrap();
+        assert_eq!(got[1].1, b"first");
+        assert_eq!(got[2].1, b"hello");
+        // A plain copy of the same bytes is not a packed archive.
+        let plain = dir.path().join("plain.tar.gz");
+        std::fs::write(&plain, gzip(&[0u8; 1024])).unwrap();
+        assert!(Packed::open(&plain).is_none());
+    }
+
+    #[test]
+    fn a_header_that_differs_from_the_index_fails_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = archive(dir.path(), 0o600);
+        let e = apply(&path, &["./x"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "packed archive: the tar header of ./x differs from its index (mode)"
+        );
+        // What is not read is not checked: the index is trusted as the
+        // headers are (one archive, one checksum).
+        assert!(apply(&path, &["./a"]).is_ok());
+    }
+}

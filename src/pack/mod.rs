@@ -20,6 +20,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result};
 
+#[cfg(test)]
+pub(crate) use gzip::index_members;
 pub use gzip::Footer;
 pub use index::{
     digest, Builder as IndexBuilder, Digest, Entries, Entry, EntryType, Index, MemberRef,

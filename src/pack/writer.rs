@@ -324,7 +324,8 @@ fn entry_of(node: &Node, names: &mut Names) -> Entry {
             0
         },
         mode: m.mode() & 0o7777,
-        mtime: m.mtime(),
+        // The header holds no time before the epoch: 0, in both.
+        mtime: m.mtime().max(0),
         uid: u64::from(m.uid()),
         gid: u64::from(m.gid()),
         user: fitting(names.user(m.uid())),
@@ -388,7 +389,7 @@ fn header(node: &Node, e: &Entry) -> Result<Vec<u8>> {
     h.set_mode(e.mode);
     h.set_uid(e.uid);
     h.set_gid(e.gid);
-    h.set_mtime(u64::try_from(e.mtime).unwrap_or(0));
+    h.set_mtime(u64::try_from(e.mtime).unwrap_or(0)); // entry_of: never negative
     h.set_size(e.size);
     // entry_of leaves out names that do not fit.
     h.set_username(&e.user)?;
