@@ -26,6 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, "work")
 SHM = "/dev/shm"
+# The machine's own disk, beside the loop-mounted image (see Ext4).
+OWN_DISK = "/var/tmp"
 
 
 def sha256(path):
@@ -122,7 +124,7 @@ class Place:
         self.dir = os.path.join(base, "stretcher-bench")
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(os.path.join(self.dir, "tmp"))
-        for v in ("v1.tar.gz", "v2.tar.gz"):
+        for v in ("v1.tar.gz", "v2.tar.gz", "packed-v1.tar.gz", "packed-v2.tar.gz"):
             shutil.copy(os.path.join(WORK, v), self.dir)
         # A pristine v1 tree, to set up redeploy scenarios outside the timing.
         self.pristine = os.path.join(self.dir, "pristine")
@@ -164,7 +166,7 @@ def run_baseline(place, src_url):
     return float(out.stdout.strip().splitlines()[-1]) - start
 
 
-def run_ours(binary, place, src_url, checksum, strategy, extra=""):
+def run_ours(binary, place, src_url, checksum, strategy, extra="", args=()):
     stamp = os.path.join(place.dir, "post-stamp")
     manifest = os.path.join(place.dir, "manifest.yml")
     with open(manifest, "w") as f:
@@ -173,7 +175,7 @@ def run_ours(binary, place, src_url, checksum, strategy, extra=""):
                 f"commands:\n  post:\n    - date +%s.%N > {stamp}\n")
     env = dict(os.environ, TMPDIR=place.tmp)
     start = time.time()
-    subprocess.run([binary], input=f"file://{manifest}", env=env, check=True,
+    subprocess.run([binary, *args], input=f"file://{manifest}", env=env, check=True,
                    capture_output=True, text=True)
     with open(stamp) as f:
         return float(f.read().strip()) - start
@@ -257,8 +259,9 @@ def new_bytes(place):
 
 def scenarios(binary, runs, disk):
     rows = []
+    packed = []
     floors = {}
-    places = [Place("disk", disk.base())]
+    places = [Place("disk", disk.base()), Place("own disk", OWN_DISK)]
     if os.path.isdir(SHM):
         places.append(Place("tmpfs", SHM))
     try:
@@ -318,10 +321,205 @@ def scenarios(binary, runs, disk):
                               flush=True)
             finally:
                 server.stop()
+            packed += packed_rows(binary, place, runs)
     finally:
         for place in places:
             place.cleanup()
-    return rows, floors
+    return rows, floors, packed
+
+
+class RangeServer:
+    """bench/range_server.py on 127.0.0.1, serving one directory: single
+    ranges, an ETag, and a count of the body bytes sent."""
+
+    def __init__(self, directory):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "range_server.py"), directory, str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("range server did not start")
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def counts(self, reset=False):
+        """(body bytes sent, requests) since the last reset."""
+        import urllib.request
+        path = "_reset" if reset else "_bytes"
+        with urllib.request.urlopen(self.url(path)) as r:
+            sent, requests = r.read().decode().split()
+        return int(sent), int(requests)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def make_packed(binary):
+    """packed-v1.tar.gz and packed-v2.tar.gz in bench/work: `stretcher pack`
+    of the trees v1.tar.gz and v2.tar.gz hold (made once). Returns the
+    figures of packing v1's tree against `tar czf` of it (median of 3)."""
+    figures = {}
+    for v in ("v1", "v2"):
+        tree = os.path.join(WORK, f"tree-{v}")
+        out = os.path.join(WORK, f"packed-{v}.tar.gz")
+        if not os.path.isdir(tree):
+            os.makedirs(tree)
+            subprocess.run(["tar", "xf", os.path.join(WORK, f"{v}.tar.gz"), "-C", tree],
+                           check=True)
+        if v == "v1" or not os.path.exists(out):
+            figures[v] = pack_figures(binary, tree, out)
+    return figures["v1"]
+
+
+def pack_figures(binary, tree, out, runs=3):
+    """Times `stretcher pack` of `tree` into `out` and `tar czf` of it
+    (median of `runs`, alternated), with sizes and pack's peak RSS."""
+    plain = out + ".plain.tar.gz"
+    packs, tars, rss = [], [], []
+    for _ in range(runs):
+        start = time.time()
+        proc = subprocess.run(["/usr/bin/time", "-v", binary, "pack", tree, "-o", out],
+                              check=True, capture_output=True, text=True)
+        packs.append(time.time() - start)
+        rss.append(max_rss(proc.stderr))
+        start = time.time()
+        subprocess.run(["tar", "czf", plain, "-C", tree, "."], check=True)
+        tars.append(time.time() - start)
+    figures = {"pack": statistics.median(packs), "tar": statistics.median(tars),
+               "packed bytes": os.path.getsize(out), "tar bytes": os.path.getsize(plain),
+               "pack rss": statistics.median(rss)}
+    os.remove(plain)
+    return figures
+
+
+def max_rss(time_v_stderr):
+    """Peak RSS (MB) from `/usr/bin/time -v`'s report."""
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_v_stderr)
+    return int(m.group(1)) / 1024
+
+
+# Packed archives over a Range-capable server with --state-dir: the
+# scenario, the archive deployed, and whether v1 was deployed (and kept)
+# before it.
+PACKED_SCENARIOS = (
+    ("fresh deploy", "packed-v1.tar.gz", False),
+    ("redeploy, same", "packed-v1.tar.gz", True),
+    ("redeploy, 1% changed", "packed-v2.tar.gz", True),
+)
+
+
+def packed_rows(binary, place, runs):
+    """native and release deploying the packed archives over http with a
+    state dir (delta fetch, placement by the index): time to the post hook
+    and body bytes the server sent, per scenario."""
+    server = RangeServer(place.dir)
+    state = os.path.join(place.dir, "state")
+    sums = {a: sha256(os.path.join(place.dir, a))
+            for a in ("packed-v1.tar.gz", "packed-v2.tar.gz")}
+    refs = {}
+    for archive in sums:
+        ref = os.path.join(place.dir, "reference")
+        os.makedirs(ref)
+        subprocess.run(["tar", "xf", os.path.join(place.dir, archive), "-C", ref], check=True)
+        refs[archive] = tree_digest(ref)
+        shutil.rmtree(ref)
+    rows = []
+    try:
+        for scenario, archive, with_v1 in PACKED_SCENARIOS:
+            times = {"native": [], "release": []}
+            wire = {}
+            for i in range(runs * 2):
+                strategy = ("native", "release")[i % 2]
+                args = ("--state-dir", state)
+                shutil.rmtree(state, ignore_errors=True)
+                place.reset_dest(False, strategy == "release")
+                if with_v1:
+                    run_ours(binary, place, server.url("packed-v1.tar.gz"),
+                             sums["packed-v1.tar.gz"], strategy, args=args)
+                    subprocess.run(["sync"], check=True)
+                server.counts(reset=True)
+                t = run_ours(binary, place, server.url(archive), sums[archive], strategy,
+                             args=args)
+                times[strategy].append(t)
+                wire.setdefault(strategy, server.counts())
+                if i < 2 and tree_digest(place.dest) != refs[archive]:
+                    raise SystemExit(f"dest tree differs from tar xf: {place.name} packed "
+                                     f"{scenario} {strategy}")
+            med = {k: statistics.median(v) for k, v in times.items()}
+            size = os.path.getsize(os.path.join(place.dir, archive))
+            rows.append((place.name, scenario, med, wire, size))
+            print(f"  {place.name:8} packed {scenario:22} native {med['native']:6.2f}s  "
+                  f"release {med['release']:6.2f}s  wire {wire['native'][0] / size:.2%}",
+                  flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    return rows
+
+
+def packed_rss(binary):
+    """Peak RSS of native deploys of packed archives over http with a state
+    dir (delta fetch, index in hand, placement by it): the 20k-file
+    artifact 1% changed, and 100k one-byte files redeployed (every entry
+    quick-checked); and `stretcher pack` of a tree of one 10 MiB and of
+    one 1 GiB file (pack streams)."""
+    base = SHM if os.path.isdir(SHM) else WORK
+    d = tempfile.mkdtemp(prefix="stretcher-bench-", dir=base)
+    result = {}
+    server = RangeServer(d)
+    try:
+        tiny = os.path.join(WORK, "tiny-100000.tar.gz")
+        if not os.path.exists(tiny):
+            subprocess.run([sys.executable, os.path.join(HERE, "gen.py"), WORK,
+                            "--tiny", "100000"], check=True)
+        tree = os.path.join(d, "tiny")
+        os.makedirs(tree)
+        subprocess.run(["tar", "xf", tiny, "-C", tree], check=True)
+        subprocess.run([binary, "pack", tree, "-o", os.path.join(d, "tiny.tar.gz")],
+                       check=True, capture_output=True)
+        shutil.rmtree(tree)
+        for v in ("v1", "v2"):
+            shutil.copy(os.path.join(WORK, f"packed-{v}.tar.gz"), d)
+        state, dest = os.path.join(d, "state"), os.path.join(d, "dest")
+
+        def deploy(name):
+            manifest = os.path.join(d, "m.yml")
+            with open(manifest, "w") as f:
+                f.write(f"src: {server.url(name)}\nchecksum: {sha256(os.path.join(d, name))}\n"
+                        f"dest: {dest}\nsync_strategy: native\n")
+            out = subprocess.run(["/usr/bin/time", "-v", binary, "--state-dir", state],
+                                 input=f"file://{manifest}", capture_output=True, text=True,
+                                 env=dict(os.environ, TMPDIR=d))
+            if "Deploy manifest succeeded." not in out.stderr:
+                raise SystemExit(f"packed deploy failed:\n{out.stderr[-2000:]}")
+            return max_rss(out.stderr)
+
+        deploy("packed-v1.tar.gz")
+        result["20k files, 1% changed"] = deploy("packed-v2.tar.gz")
+        shutil.rmtree(dest)
+        deploy("tiny.tar.gz")
+        result["100k tiny files, redeploy same"] = deploy("tiny.tar.gz")
+        for label, size in (("10 MiB", 10 << 20), ("1 GiB", 1 << 30)):
+            tree = os.path.join(d, "one-file")
+            os.makedirs(tree)
+            write_random(os.path.join(tree, "payload.bin"), size)
+            out = subprocess.run(["/usr/bin/time", "-v", binary, "pack", tree, "-o",
+                                  os.path.join(d, "one.tar.gz")],
+                                 check=True, capture_output=True, text=True)
+            result[f"pack, one {label} file"] = max_rss(out.stderr)
+            shutil.rmtree(tree)
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return result
 
 
 def write_random(path, size):
@@ -524,6 +722,72 @@ def targets(rows, rss):
     return out
 
 
+def packed_section(rows, packed, fig, rss):
+    """The Markdown for packed archives: the rows, the pack figures, the
+    memory, and the targets."""
+    base = {(p, sc): m["baseline"] for p, src, sc, m in rows if src == "http"}
+    lines = [
+        "",
+        "## Packed archives (`stretcher pack`), over http with `--state-dir`",
+        "",
+        "The same trees packed by `stretcher pack` (default member size), served by "
+        "bench/range_server.py (single ranges, an ETag, bytes counted); each deploy runs with "
+        "a fresh state dir, after an untimed deploy of packed v1 for the redeploys (so the "
+        "agent keeps v1 and fetches the rest by range). Baseline: Go stretcher's steps on the "
+        "plain archive over http, from the rows above. Wire: body bytes the server sent, of "
+        "the archive's size. Every dest is checked equal to `tar xf` of the archive.",
+        "",
+        "| place | scenario | baseline | native | ratio | release | ratio | wire (native) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for place, scenario, med, wire, size in packed:
+        b = base[(place, scenario)]
+        sent, requests = wire["native"]
+        lines.append(f"| {place} | {scenario} | {b:.2f}s | {med['native']:.2f}s | "
+                     f"{med['native'] / b:.3f} | {med['release']:.2f}s | "
+                     f"{med['release'] / b:.3f} | {sent:,} B = {sent / size:.2%} "
+                     f"in {requests} requests |")
+    lines += [
+        "",
+        "| `stretcher pack` of v1's tree against `tar czf` (gzip -6), median of 3 | |",
+        "|---|---:|",
+        f"| stretcher pack | {fig['pack']:.2f}s, {fig['packed bytes']:,} bytes |",
+        f"| tar czf | {fig['tar']:.2f}s, {fig['tar bytes']:,} bytes |",
+        f"| stretcher pack, peak RSS | {fig['pack rss']:.1f} MB |",
+        "",
+        "| peak RSS, packed, native, http with --state-dir | MB |",
+        "|---|---:|",
+    ]
+    for label, mb in rss.items():
+        lines.append(f"| {label} | {mb:.1f} |")
+    targets = []
+    changed = [(p, m, w, size) for p, sc, m, w, size in packed if sc == "redeploy, 1% changed"]
+    for place, med, wire, size in changed:
+        r = med["native"] / base[(place, "redeploy, 1% changed")]
+        targets.append((f"1%-changed native redeploy of a packed archive ≤ 0.1× baseline "
+                        f"({place})", f"{r:.3f}×", r <= 0.1))
+    if changed:
+        share = changed[0][2]["native"][0] / changed[0][3]
+        targets.append(("1%-changed redeploy ≤ 3% of the archive's bytes over the wire",
+                        f"{share:.2%}", share <= 0.03))
+    ratio = fig["packed bytes"] / fig["tar bytes"]
+    targets.append(("packed archive ≤ 1.10× `tar czf`", f"{ratio:.3f}×", ratio <= 1.10))
+    targets.append(("`stretcher pack` no slower than `tar czf`",
+                    f"{fig['pack']:.2f}s vs {fig['tar']:.2f}s", fig["pack"] <= fig["tar"]))
+    for label, entries in (("20k files, 1% changed", 20_000),
+                           ("100k tiny files, redeploy same", 100_000)):
+        limit = 15 + 20 * entries / (1 << 20)
+        targets.append((f"peak RSS ≤ 15 MB + 20 B per entry ({label}: {limit:.2f} MB)",
+                        f"{rss[label]:.1f} MB", rss[label] <= limit))
+    small, big = rss["pack, one 10 MiB file"], rss["pack, one 1 GiB file"]
+    targets.append(("`pack` streams: RSS for a 1 GiB file within 2 MB of a 10 MiB one",
+                    f"{big:.1f} vs {small:.1f} MB", big <= small + 2))
+    lines += ["", "| target (packed archives) | measured | |", "|---|---:|---|"]
+    for target, measured, met in targets:
+        lines.append(f"| {target} | {measured} | {'met' if met else '**missed**'} |")
+    return lines
+
+
 def main():
     started = time.time()
     load_start = os.getloadavg()[0]
@@ -535,10 +799,12 @@ def main():
     if not os.path.exists(os.path.join(WORK, "v2.tar.gz")):
         print("generating artifacts…", flush=True)
         subprocess.run([sys.executable, os.path.join(HERE, "gen.py"), WORK], check=True)
+    print("packing the bench trees…", flush=True)
+    pack_fig = make_packed(binary)
     print("deploy scenarios (time from start to the post hook, median):", flush=True)
     disk = Ext4()
     try:
-        rows, floors = scenarios(binary, args.runs, disk)
+        rows, floors, packed = scenarios(binary, args.runs, disk)
     finally:
         disk.close()
     print("download+hash throughput…", flush=True)
@@ -547,6 +813,8 @@ def main():
     rss = peak_rss(binary)
     print("peak RSS, native…", flush=True)
     nrss = native_rss(binary)
+    print("peak RSS, packed…", flush=True)
+    prss = packed_rss(binary)
     elapsed = time.time() - started
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
@@ -564,8 +832,9 @@ def main():
         f"- {args.runs} runs of each, alternated baseline / stretcher rsync / stretcher native / "
         "stretcher release / floor / native with every path excluded; medians; time from start "
         "to the post hook",
-        f"- places: disk is {disk.label}; tmpfs is /dev/shm. Each holds the archives, "
-        "TMPDIR and dest",
+        f"- places: disk is {disk.label}; own disk is {OWN_DISK} on the machine's own "
+        f"filesystem ({fs_type(OWN_DISK)}); tmpfs is /dev/shm. Each holds the archives, "
+        "TMPDIR and dest; dest is reset and `sync` run before each timed deploy",
         "- baseline: bench/baseline.sh (Go stretcher's steps: cat|tee|sha256sum, tar xf, chmod, "
         "rsync -a --delete -v)",
         "- rsync: stretcher's default strategy (extract to a temp dir, rsync into dest); "
@@ -658,6 +927,7 @@ def main():
     ]
     for target, measured, met in targets(rows, nrss):
         lines.append(f"| {target} | {measured} | {'met' if met else '**missed**'} |")
+    lines += packed_section(rows, packed, pack_fig, prss)
     text = "\n".join(lines) + "\n"
     print()
     print(text)

@@ -62,6 +62,16 @@ impl Placer<'_> {
                     owner: self.owner(m)?,
                     mtime: mtime_of(m),
                 };
+                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                if self.would_leave(rel, size, want.mtime) {
+                    // No copy: rsync leaves the file, and its directory.
+                    let held = Deferred {
+                        name: m.name.clone(),
+                        captured: Captured::Left(want, size),
+                    };
+                    self.deferred.insert(rel.to_path_buf(), held);
+                    return Ok(());
+                }
                 let temp = TempName::beside(path)?;
                 let file = OpenOptions::new()
                     .write(true)
@@ -71,7 +81,6 @@ impl Placer<'_> {
                     .with_context(|| format!("creating {}", temp.0.display()))?;
                 self.room.charge(m.size, &m.name)?;
                 data.write_to(m, &file)?;
-                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
                 Captured::File(temp, want, size)
             }
             Kind::Symlink => Captured::Symlink(m.link.clone(), self.owner(m)?, mtime_of(m)),
@@ -204,6 +213,12 @@ impl Placer<'_> {
                     Check::Vacant(want) => self.place_temp(&p.rel, &path, temp, &want, size, true),
                 }
             }
+            Captured::Left(want, size) => match self.quick_check(&p.rel, &path, size, want)? {
+                Check::Same(meta, want) => fix_in_place(&path, meta, &want),
+                Check::Differs(_) | Check::Vacant(_) => {
+                    bail!("{} changed while the archive was read", path.display())
+                }
+            },
         }
         .with_context(|| format!("placing {} at {}", p.name, path.display()))
     }
@@ -255,6 +270,9 @@ pub(super) enum Captured {
     File(TempName, Wanted, u64),
     /// A symlink: its target, owner and mtime.
     Symlink(PathBuf, Owner, FileTime),
+    /// A file dest already has (by the quick check, when captured): the
+    /// metadata and size it gets.
+    Left(Wanted, u64),
 }
 
 impl Sink for Late<'_, '_> {
@@ -295,9 +313,9 @@ impl Sink for Late<'_, '_> {
             .filter(|(i, _)| *i > index)
             .map(|(_, rel)| rel.clone())
             .collect();
-        let Some(first) = waiting.first() else {
+        if waiting.is_empty() {
             return Ok(());
-        };
+        }
         for rel in &waiting {
             self.captured.remove(rel);
         }
@@ -321,6 +339,17 @@ impl Sink for Late<'_, '_> {
                 for rel in &waiting {
                     self.placer.real_dirs_above(rel)?;
                 }
+                // A link whose path dest's file passes the quick check for
+                // needs no copy (rsync leaves it, and its directory).
+                let (left, waiting): (Vec<PathBuf>, Vec<PathBuf>) = waiting
+                    .into_iter()
+                    .partition(|rel| self.placer.would_leave(rel, size, want.mtime));
+                for rel in left {
+                    self.captured.insert(rel, Captured::Left(want, size));
+                }
+                let Some(first) = waiting.first() else {
+                    return Ok(());
+                };
                 let temp = TempName::beside(&self.placer.dest.join(first))?;
                 let file = OpenOptions::new()
                     .write(true)

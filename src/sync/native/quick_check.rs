@@ -70,6 +70,18 @@ impl Placer<'_> {
         Ok(Check::Differs(want))
     }
 
+    /// Whether dest's file at `rel` would pass the quick check against a
+    /// member of `size` and `mtime` now (nothing this run wrote is there),
+    /// counting nothing.
+    pub(super) fn would_leave(&self, rel: &Path, size: u64, mtime: FileTime) -> bool {
+        if self.new_release() || self.in_fresh(rel) || self.written.contains(rel) {
+            return false;
+        }
+        fs::symlink_metadata(self.dest.join(rel)).is_ok_and(|meta| {
+            meta.is_file() && meta.len() == size && meta.mtime() == mtime.unix_seconds()
+        })
+    }
+
     /// Remembers the size and mtime of the regular file at `rel` (`meta`)
     /// before this run first replaces it: a later member at `rel` is
     /// quick-checked against them. The file itself is not kept.
