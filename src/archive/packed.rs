@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream::{sanitize, Kind, Member, TarStream};
 use super::{hand_over, interrupted, Sink, Source, Stream, MAX_MEMBERS};
-use crate::pack::{Entry, EntryType, Index, MemberRef};
+use crate::pack::{Entry, EntryType, Index};
 
 /// Compressed bytes read from the archive at a time: small, since most
 /// gzip members are read for one entry's data.
@@ -29,7 +29,7 @@ const READ_AHEAD: usize = 32 << 10;
 /// A packed archive and its index.
 pub(super) struct Packed {
     file: File,
-    index: Index,
+    index: Arc<Index>,
 }
 
 impl Packed {
@@ -38,13 +38,16 @@ impl Packed {
     pub fn open(path: &Path) -> Option<Packed> {
         let file = File::open(path).ok()?;
         let index = crate::pack::read_index(&file).ok()?;
-        Some(Packed { file, index })
+        Some(Packed {
+            file,
+            index: Arc::new(index),
+        })
     }
 
     /// Hands every entry of the index to `sink`, in archive order, with
     /// its data read from its gzip member when the sink asks for it.
     pub fn apply(self, sink: &mut dyn Sink, cancel: &CancellationToken) -> Result<()> {
-        let mut cursor = Cursor::new(self.file, &self.index)?;
+        let mut cursor = Cursor::new(self.file, Arc::clone(&self.index))?;
         let mut count = 0;
         for (n, entry) in self.index.entries().enumerate() {
             let m = member_of(&entry)?;
@@ -130,45 +133,49 @@ fn bytes_path(bytes: &[u8]) -> PathBuf {
 
 /// Reads entries' data from their gzip members, on demand. An inflating
 /// stream is kept while the next entry asked for is further on in the
-/// same member; one in a later member starts a new stream there.
+/// same member; one in a later member starts a new stream there. A stream
+/// reads its member's bytes and no more.
 pub(super) struct Cursor {
     file: File,
-    members: Vec<MemberRef>,
+    index: Arc<Index>,
     /// The number of the first entry each member holds the header of
-    /// (`u64::MAX` for a member holding only the rest of a large file).
-    first_entry: Vec<u64>,
-    data_end: u64,
+    /// (`u32::MAX` for a member holding only the rest of a large file).
+    first_entry: Vec<u32>,
     /// The entry being handed over, and the member holding its header.
     entry: u64,
     member: u32,
-    /// The inflating stream and the entry whose header it reads next.
-    stream: Option<(Stream, u64)>,
+    /// The inflating stream, the member it started at, and the entry
+    /// whose header it reads next.
+    stream: Option<(Stream, u32, u64)>,
     /// Compressed bytes read so far, added to by the streams' readers.
     read: Arc<AtomicU64>,
 }
 
 impl Cursor {
-    fn new(file: File, index: &Index) -> Result<Self> {
+    fn new(file: File, index: Arc<Index>) -> Result<Self> {
         let len = file.metadata().context("stat")?.len();
         ensure!(
             index.data_end() <= len,
             "the packed archive's index lists more bytes than it has"
         );
-        let members = index.members().to_vec();
-        let mut first_entry = vec![u64::MAX; members.len()];
+        ensure!(
+            index.entry_count() <= MAX_MEMBERS,
+            "the packed archive's index lists more than {} entries",
+            crate::units::comma(MAX_MEMBERS)
+        );
+        let mut first_entry = vec![u32::MAX; index.members().len()];
         for (n, e) in index.entries().enumerate() {
             let slot = first_entry
                 .get_mut(e.member as usize)
                 .ok_or_else(|| anyhow!("the index names a member it lacks"))?;
-            if *slot == u64::MAX {
-                *slot = n as u64;
+            if *slot == u32::MAX {
+                *slot = n as u32;
             }
         }
         Ok(Cursor {
             file,
-            members,
+            index,
             first_entry,
-            data_end: index.data_end(),
             entry: 0,
             member: 0,
             stream: None,
@@ -179,12 +186,13 @@ impl Cursor {
     /// The tar stream at the start of the data of the entry being handed
     /// over (`m`), its header checked against `m`.
     pub fn data_of(&mut self, m: &Member) -> Result<&mut Stream> {
-        let first = self.first_entry[self.member as usize];
-        let reuse = matches!(&self.stream, Some((_, next)) if (first..=self.entry).contains(next));
+        let reuse = matches!(&self.stream,
+            Some((_, member, next)) if *member == self.member && *next <= self.entry);
         if !reuse {
-            self.stream = Some((self.stream_at(self.member)?, first));
+            let first = u64::from(self.first_entry[self.member as usize]);
+            self.stream = Some((self.stream_at(self.member)?, self.member, first));
         }
-        let Some((stream, next)) = self.stream.as_mut() else {
+        let Some((stream, _, next)) = self.stream.as_mut() else {
             bail!("no stream");
         };
         while *next < self.entry {
@@ -201,18 +209,25 @@ impl Cursor {
         Ok(stream)
     }
 
-    /// A tar stream inflating from the start of member `n` on.
+    /// A tar stream inflating member `n` and the members after it that
+    /// hold only the rest of a large file (no entry starts in them).
     fn stream_at(&mut self, n: u32) -> Result<Stream> {
-        let start = self
-            .members
-            .get(n as usize)
+        let n = n as usize;
+        let members = self.index.members();
+        let start = members
+            .get(n)
             .map(|m| m.offset)
             .ok_or_else(|| anyhow!("the index names a member it lacks"))?;
+        let run = self.first_entry[n + 1..]
+            .iter()
+            .take_while(|first| **first == u32::MAX)
+            .count();
+        let end = members[n + run].end();
         let mut file = self.file.try_clone().context("reading the archive")?;
         file.seek(SeekFrom::Start(start))
             .context("reading the archive")?;
         let counted = Counted {
-            inner: file.take(self.data_end - start),
+            inner: file.take(end - start),
             read: Arc::clone(&self.read),
         };
         let gz =
@@ -269,7 +284,7 @@ fn same_as_index(header: &Member, listed: &Member) -> Result<()> {
 mod tests {
     use super::*;
     use crate::archive::Data;
-    use crate::pack::{index_members, Footer, IndexBuilder};
+    use crate::pack::{index_members, Footer, IndexBuilder, MemberRef};
     use std::io::Write;
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

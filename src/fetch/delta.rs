@@ -7,7 +7,6 @@
 //! manifest's checksum. Any miss is an error here: the caller falls back
 //! to the whole download.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{unless_stalled, Options, Sink};
 use crate::digest::Verifier;
-use crate::pack::{digest, Footer, Index, Kept, MemberRef};
+use crate::pack::{digest, Footer, Kept, MemberRef};
 use crate::source::{self, Range};
 use crate::units::{comma, format_bytes, format_duration};
 
@@ -29,8 +28,9 @@ use crate::units::{comma, format_bytes, format_duration};
 const PARALLEL: usize = 4;
 
 /// Most bytes one request (or one copy from the kept archive) carries,
-/// unless a single member is larger: bounds the memory in flight.
-const MAX_SEGMENT: u64 = 1 << 20;
+/// unless a single member is larger: bounds the memory in flight (a few
+/// pieces on their way to the temp file), as the whole download's chunk.
+const MAX_SEGMENT: u64 = 256 << 10;
 
 /// Whether a delta fetch can be tried for `url`: the schemes with ranged
 /// reads.
@@ -62,6 +62,7 @@ pub(super) async fn fetch(
     let (old_file, old) = kept
         .open()?
         .ok_or_else(|| anyhow!("no packed archive kept for {}", kept.dest()))?;
+    let old = old.into_members();
     let wire = Wire::new(opts.max_bandwidth, super::stall_limit(opts));
     let tail = wire
         .read(url, Range::Suffix(Footer::LEN as u64), None)
@@ -73,8 +74,9 @@ pub(super) async fn fetch(
         .read(url, Range::Bounded(footer.index_offset, end), etag)
         .await?
         .bytes;
-    let new = footer.index(&index_bytes)?;
+    let new = footer.index(&index_bytes)?.into_members();
     let segments = plan(&new, &old);
+    drop(old); // planned: only the kept file is read from now on
 
     let Sink {
         file,
@@ -96,7 +98,7 @@ pub(super) async fn fetch(
                             read_kept(old_file, at, len).await
                         }
                         Segment::Fetch { first, last, .. } => {
-                            let members = &new.members()[first..last];
+                            let members = &new[first..last];
                             wire.members(url, members, etag).await
                         }
                     }
@@ -142,16 +144,20 @@ pub(super) async fn fetch(
 
 /// Which members come from the kept archive (`old`) and which over the
 /// wire, merged into as few pieces as [`MAX_SEGMENT`] allows.
-fn plan(new: &Index, old: &Index) -> Vec<Segment> {
-    let have: HashMap<(crate::pack::Digest, u32), u64> = old
-        .members()
-        .iter()
-        .map(|m| ((m.digest, m.len), m.offset))
-        .collect();
+fn plan(new: &[MemberRef], old: &[MemberRef]) -> Vec<Segment> {
+    // Sorted by digest and length (a third of a hash map's memory).
+    let mut have: Vec<(crate::pack::Digest, u32, u64)> =
+        old.iter().map(|m| (m.digest, m.len, m.offset)).collect();
+    have.sort_unstable();
+    let held = |m: &MemberRef| {
+        have.binary_search_by(|(d, l, _)| (d, l).cmp(&(&m.digest, &m.len)))
+            .ok()
+            .map(|i| have[i].2)
+    };
     let mut out: Vec<Segment> = Vec::new();
-    for (i, m) in new.members().iter().enumerate() {
+    for (i, m) in new.iter().enumerate() {
         let len = u64::from(m.len);
-        match (have.get(&(m.digest, m.len)), out.last_mut()) {
+        match (held(m).as_ref(), out.last_mut()) {
             (Some(&at), Some(Segment::Reuse { at: a, len: l }))
                 if *a + *l == at && *l + len <= MAX_SEGMENT =>
             {
@@ -296,7 +302,7 @@ impl Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{Entry, EntryType, IndexBuilder as Builder};
+    use crate::pack::{Entry, EntryType, Index, IndexBuilder as Builder};
 
     fn index(members: &[&[u8]]) -> Index {
         let mut list: Vec<MemberRef> = Vec::new();
@@ -327,7 +333,7 @@ mod tests {
         let old = index(&[b"aa", b"bbb", b"cccc", b"dd"]);
         let new = index(&[b"aa", b"bbb", b"xx", b"yy", b"dd", b"cccc"]);
         assert_eq!(
-            plan(&new, &old),
+            plan(new.members(), old.members()),
             [
                 Segment::Reuse { at: 0, len: 5 },
                 Segment::Fetch {

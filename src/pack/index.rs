@@ -159,6 +159,12 @@ impl Index {
         &self.members
     }
 
+    /// The data members alone, the entries dropped (what a delta fetch
+    /// needs of an index).
+    pub fn into_members(self) -> Vec<MemberRef> {
+        self.members
+    }
+
     /// Where the data members end: the index members start there.
     pub fn data_end(&self) -> u64 {
         self.members.last().map_or(0, MemberRef::end)
@@ -253,10 +259,14 @@ impl Index {
             m.digest.copy_from_slice(r.bytes(DIGEST_LEN)?);
         }
         let entry_count = r.varint()?;
+        // The entry records stay where they were inflated, without a copy.
+        let head = raw.len() - r.0.len();
+        raw.drain(..head);
+        raw.shrink_to_fit();
         let index = Index {
             members,
             entry_count,
-            entries: r.0.to_vec(),
+            entries: raw,
         };
         let mut entries = index.entries();
         let mut seen = 0u64;

@@ -54,7 +54,7 @@ impl Placer<'_> {
         }
         self.dirs.remove(rel);
         self.made.remove(rel);
-        self.seen.insert(rel.to_path_buf());
+        self.seen.insert(rel);
         let captured = match m.kind {
             Kind::File => {
                 let want = Wanted {

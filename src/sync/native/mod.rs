@@ -41,6 +41,7 @@ mod delete;
 mod first_deploy;
 mod held_back;
 mod meta;
+mod path_set;
 mod place;
 mod prune;
 mod quick_check;
@@ -49,6 +50,7 @@ mod temp;
 
 use self::held_back::{Deferred, Pending};
 use self::meta::Owner;
+use self::path_set::PathSet;
 use self::quick_check::Original;
 use self::room::Room;
 use super::{
@@ -251,7 +253,7 @@ struct Placer<'a> {
     /// Who we are: the owner of directories the archive only implies.
     ids: (u32, u32),
     /// Every path the archive's tree has, so far.
-    seen: HashSet<PathBuf>,
+    seen: PathSet,
     /// Paths the archive's whole tree has as non-directories, when known
     /// before placing (see `prune.rs`): a directory in dest there goes.
     as_files: HashSet<PathBuf>,
@@ -317,7 +319,7 @@ impl<'a> Placer<'a> {
             root,
             umask,
             ids,
-            seen: HashSet::new(),
+            seen: PathSet::new(),
             as_files: HashSet::new(),
             dirs,
             made: HashSet::new(),

@@ -68,7 +68,7 @@ impl Sink for Placer<'_> {
         if let Some(file) = rel
             .ancestors()
             .skip(1)
-            .find(|a| self.seen.contains(*a) && !self.dirs.contains_key(*a))
+            .find(|a| self.seen.contains(a) && !self.dirs.contains_key(*a))
         {
             bail!(
                 "archive member {:?} is below {:?}, which the archive made a file",
@@ -180,7 +180,7 @@ impl Placer<'_> {
             }
             let path = self.dest.join(dir);
             self.ensure_dir(dir, &path)?;
-            self.seen.insert(dir.to_path_buf());
+            self.seen.insert(dir);
             if !self.dirs.contains_key(dir) {
                 let meta = DirMeta {
                     mode: 0o777 & !self.umask,
@@ -226,7 +226,7 @@ impl Placer<'_> {
         }
         let meta = self.dir_meta(m)?;
         self.dirs.insert(rel.to_path_buf(), meta);
-        self.seen.insert(rel.to_path_buf());
+        self.seen.insert(rel);
         Ok(())
     }
 
@@ -262,7 +262,7 @@ impl Placer<'_> {
                     || self.excludes.excludes_here_or_above(target, true));
         if !through_link && unplaced {
             // Its data has gone by: read the archive again at the end.
-            self.seen.insert(rel.to_path_buf());
+            self.seen.insert(rel);
             self.defer_link(m, rel);
             return Ok(());
         }
@@ -430,7 +430,7 @@ impl Placer<'_> {
         owner: Owner,
         mtime: FileTime,
     ) -> Result<()> {
-        self.seen.insert(rel.to_path_buf());
+        self.seen.insert(rel);
         let current = fs::symlink_metadata(path).ok();
         let same = current.as_ref().is_some_and(|meta| {
             meta.file_type().is_symlink() && fs::read_link(path).is_ok_and(|l| l == link)

@@ -35,7 +35,9 @@ impl<'a> Placer<'a> {
         let Names { seen, files, .. } = Names::read(job, &excludes)?;
         let mut pruner = Placer::new(dest, excludes, room, into)?;
         make_dest(dest, root)?;
-        pruner.seen = seen.into_iter().collect();
+        for path in &seen {
+            pruner.seen.insert(path);
+        }
         pruner.as_files = files;
         pruner.counts = counts;
         pruner.delete_extra(Path::new(""), job.cancel)?;

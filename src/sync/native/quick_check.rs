@@ -28,7 +28,7 @@ impl Placer<'_> {
         size: u64,
         want: Wanted,
     ) -> Result<Check> {
-        let new = self.seen.insert(rel.to_path_buf());
+        let new = self.seen.insert(rel);
         let secs = want.mtime.unix_seconds();
         if !self.kept.is_empty() {
             self.kept.remove(rel);
