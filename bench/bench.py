@@ -49,10 +49,8 @@ class HttpServer:
 
     def __init__(self, directory):
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
-             "--directory", directory],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command(directory), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
@@ -61,6 +59,10 @@ class HttpServer:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("http server did not start")
+
+    def command(self, directory):
+        return [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+                "--directory", directory]
 
     def url(self, name):
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -328,26 +330,12 @@ def scenarios(binary, runs, disk):
     return rows, floors, packed
 
 
-class RangeServer:
+class RangeServer(HttpServer):
     """bench/range_server.py on 127.0.0.1, serving one directory: single
     ranges, an ETag, and a count of the body bytes sent."""
 
-    def __init__(self, directory):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "range_server.py"), directory, str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("range server did not start")
-
-    def url(self, name):
-        return f"http://127.0.0.1:{self.port}/{name}"
+    def command(self, directory):
+        return [sys.executable, os.path.join(HERE, "range_server.py"), directory, str(self.port)]
 
     def counts(self, reset=False):
         """(body bytes sent, requests) since the last reset."""
@@ -356,10 +344,6 @@ class RangeServer:
         with urllib.request.urlopen(self.url(path)) as r:
             sent, requests = r.read().decode().split()
         return int(sent), int(requests)
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def make_packed(binary):

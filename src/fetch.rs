@@ -51,7 +51,16 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
             }
         }
         let (file, verifier) = with_retries(url, checksum, opts).await?;
-        anyhow::Ok((file, verifier.finish()?))
+        let sum = verifier.finish()?;
+        // A delta fetch checks each member it fetches, and reuses only
+        // members of an archive checked here before it was kept.
+        let reopened = file.reopen().context("reopening the temp file")?;
+        let checked = tokio::task::spawn_blocking(move || crate::pack::check_members(&reopened));
+        checked
+            .await
+            .map_err(|e| anyhow!("checking thread failed: {e}"))?
+            .with_context(|| url.to_string())?;
+        anyhow::Ok((file, sum))
     };
     let (file, checksum) = match opts.timeout {
         Some(limit) => {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -612,4 +613,75 @@ fn native_and_release_inflate_only_the_members_dest_lacks() {
         }
         assert_v2(&s);
     }
+}
+
+/// A packed archive with a damaged data member (its checksum taken of the
+/// damaged bytes) fails before anything is placed, whatever the strategy:
+/// native would otherwise skip the member and never see the damage.
+#[test]
+fn a_damaged_member_fails_every_strategy_before_dest_is_touched() {
+    let s = setup();
+    let index =
+        stretcher::pack::read_index(&std::fs::File::open(s.fx.write("v1.tar.gz", &s.v1)).unwrap())
+            .unwrap();
+    let m = index.members()[index.members().len() / 2];
+    let mut bad = s.v1.clone();
+    bad[(m.offset + u64::from(m.len) / 2) as usize] ^= 0x55;
+    s.fx.write("bad.tar.gz", &bad);
+    for strategy in ["native", "release", "rsync"] {
+        let url = s.fx.manifest(&manifest_for(
+            &s.fx,
+            &s.fx.url("bad.tar.gz"),
+            &sha256(&bad),
+            &format!("sync_strategy: {strategy}\ncommands:\n  pre: [\"echo PRE-HOOK\"]\n"),
+        ));
+        let err = s.fx.run(&url, &[], &[]).failed();
+        assert!(
+            err.contains(&format!(
+                "packed archive: gzip member {} (at byte {}) does not match its index",
+                index.members().len() / 2,
+                m.offset
+            )),
+            "{strategy}: {err}"
+        );
+        assert!(!err.contains("PRE-HOOK"), "{strategy}: {err}");
+        assert!(!s.fx.dest().exists(), "{strategy}");
+    }
+}
+
+/// A release redeploy links a hard link's file from the live release, as
+/// the file itself: nothing is inflated for it.
+#[test]
+fn release_links_a_hard_link_from_the_live_release_without_inflating_it() {
+    let fx = Fixture::new();
+    let dir = fx.path("tree");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("asset"), bytes(600_000, 3, false)).unwrap();
+    std::fs::hard_link(dir.join("asset"), dir.join("asset.link")).unwrap();
+    std::fs::write(dir.join("small"), b"small\n").unwrap();
+    fix_mtimes(&dir);
+    let out = fx.path("app.tar.gz");
+    let (d, o) = (dir.display().to_string(), out.display().to_string());
+    fx.run("", &["pack", &d, "-o", &o], &[]).ok();
+    let data = std::fs::read(&out).unwrap();
+    let url = fx.manifest(&manifest_for(
+        &fx,
+        &fx.url("app.tar.gz"),
+        &sha256(&data),
+        "sync_strategy: release\n",
+    ));
+    fx.run(&url, &[], &[]).ok();
+    let log = fx.run(&url, &[], &[]).ok();
+    let passes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("packed archive: "))
+        .collect();
+    assert!(!passes.is_empty(), "{log}");
+    for line in passes {
+        assert!(line.contains(" 0 of "), "{line}\n{log}");
+    }
+    let live = std::fs::canonicalize(fx.dest()).unwrap();
+    let link = std::fs::metadata(live.join("asset.link")).unwrap();
+    assert_eq!(link.len(), 600_000);
+    assert!(link.nlink() >= 2, "linked from the live release");
 }

@@ -300,13 +300,8 @@ mod tests {
             size,
             mode,
             mtime: 1_600_000_000,
-            uid: 0,
-            gid: 0,
-            user: String::new(),
-            group: String::new(),
-            link: Vec::new(),
-            device: (0, 0),
             member,
+            ..Entry::default()
         }
     }
 

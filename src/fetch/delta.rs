@@ -302,7 +302,7 @@ impl Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{Entry, EntryType, Index, IndexBuilder as Builder};
+    use crate::pack::{Entry, Index, IndexBuilder as Builder};
 
     fn index(members: &[&[u8]]) -> Index {
         let mut list: Vec<MemberRef> = Vec::new();
@@ -312,17 +312,9 @@ mod tests {
         let mut b = Builder::default();
         b.entry(&Entry {
             path: b"a".to_vec(),
-            kind: EntryType::File,
             size: 1,
             mode: 0o644,
-            mtime: 0,
-            uid: 0,
-            gid: 0,
-            user: String::new(),
-            group: String::new(),
-            link: Vec::new(),
-            device: (0, 0),
-            member: 0,
+            ..Entry::default()
         })
         .unwrap();
         b.finish(list).unwrap()

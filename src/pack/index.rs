@@ -65,9 +65,10 @@ impl MemberRef {
 }
 
 /// What a tar entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EntryType {
     /// A regular file.
+    #[default]
     File,
     /// A directory.
     Dir,
@@ -110,8 +111,9 @@ impl EntryType {
     }
 }
 
-/// One tar entry as the index lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One tar entry as the index lists it (the default: an empty file at
+/// the epoch, of root, in member 0).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
     /// The path relative to the packed directory, without `./` (empty for
     /// the directory itself).
@@ -180,20 +182,7 @@ impl Index {
         Entries {
             rest: &self.entries,
             left: self.entry_count,
-            prev: Entry {
-                path: Vec::new(),
-                kind: EntryType::Dir,
-                size: 0,
-                mode: 0,
-                mtime: 0,
-                uid: 0,
-                gid: 0,
-                user: String::new(),
-                group: String::new(),
-                link: Vec::new(),
-                device: (0, 0),
-                member: 0,
-            },
+            prev: Entry::default(),
             names: Vec::new(),
         }
     }

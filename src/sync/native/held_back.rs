@@ -63,7 +63,7 @@ impl Placer<'_> {
                     mtime: mtime_of(m),
                 };
                 let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
-                if self.would_leave(rel, size, want.mtime) {
+                if self.would_leave(rel, size, &want) {
                     // No copy: rsync leaves the file, and its directory.
                     let held = Deferred {
                         name: m.name.clone(),
@@ -213,12 +213,18 @@ impl Placer<'_> {
                     Check::Vacant(want) => self.place_temp(&p.rel, &path, temp, &want, size, true),
                 }
             }
-            Captured::Left(want, size) => match self.quick_check(&p.rel, &path, size, want)? {
-                Check::Same(meta, want) => fix_in_place(&path, meta, &want),
-                Check::Differs(_) | Check::Vacant(_) => {
-                    bail!("{} changed while the archive was read", path.display())
+            Captured::Left(want, size) => {
+                let (want, vacant) = match self.quick_check(&p.rel, &path, size, want)? {
+                    Check::Same(meta, want) => return fix_in_place(&path, meta, &want),
+                    Check::Differs(want) => (want, false),
+                    Check::Vacant(want) => (want, true),
+                };
+                // A new release's: linked from the live release.
+                if !self.link(&p.rel, &path, size, &want, vacant)? {
+                    bail!("{} changed while the archive was read", path.display());
                 }
-            },
+                Ok(())
+            }
         }
         .with_context(|| format!("placing {} at {}", p.name, path.display()))
     }
@@ -270,8 +276,9 @@ pub(super) enum Captured {
     File(TempName, Wanted, u64),
     /// A symlink: its target, owner and mtime.
     Symlink(PathBuf, Owner, FileTime),
-    /// A file dest already has (by the quick check, when captured): the
-    /// metadata and size it gets.
+    /// A file dest already has by the quick check (or, for a new release,
+    /// the live release has to link), when captured: the metadata and
+    /// size it gets.
     Left(Wanted, u64),
 }
 
@@ -343,7 +350,7 @@ impl Sink for Late<'_, '_> {
                 // needs no copy (rsync leaves it, and its directory).
                 let (left, waiting): (Vec<PathBuf>, Vec<PathBuf>) = waiting
                     .into_iter()
-                    .partition(|rel| self.placer.would_leave(rel, size, want.mtime));
+                    .partition(|rel| self.placer.would_leave(rel, size, &want));
                 for rel in left {
                     self.captured.insert(rel, Captured::Left(want, size));
                 }

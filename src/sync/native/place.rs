@@ -343,22 +343,9 @@ impl Placer<'_> {
         want: &Wanted,
         vacant: bool,
     ) -> Result<bool> {
-        let Target::NewRelease(Some(live)) = self.into else {
+        let Some(from) = self.in_live_release(rel, size, want) else {
             return Ok(false);
         };
-        let from = live.join(rel);
-        let Ok(meta) = fs::symlink_metadata(&from) else {
-            return Ok(false);
-        };
-        let same = meta.is_file()
-            && meta.len() == size
-            && FileTime::from_last_modification_time(&meta) == want.mtime
-            && meta.mode() & 0o7777 == want.mode
-            && !want.owner.differs(&meta)
-            && want.owner.uid.unwrap_or(self.ids.0) == meta.uid();
-        if !same {
-            return Ok(false);
-        }
         if vacant {
             if fs::hard_link(&from, path).is_err() {
                 return Ok(false);
@@ -374,6 +361,24 @@ impl Placer<'_> {
         }
         self.linked.insert(rel.to_path_buf());
         Ok(true)
+    }
+
+    /// The live release's file at `rel`, when this run builds a new
+    /// release and that file has exactly the wanted size, mtime, mode and
+    /// owner, and is ours (a file of another user is never shared).
+    pub(super) fn in_live_release(&self, rel: &Path, size: u64, want: &Wanted) -> Option<PathBuf> {
+        let Target::NewRelease(Some(live)) = self.into else {
+            return None;
+        };
+        let from = live.join(rel);
+        let meta = fs::symlink_metadata(&from).ok()?;
+        let same = meta.is_file()
+            && meta.len() == size
+            && FileTime::from_last_modification_time(&meta) == want.mtime
+            && meta.mode() & 0o7777 == want.mode
+            && !want.owner.differs(&meta)
+            && want.owner.uid.unwrap_or(self.ids.0) == meta.uid();
+        same.then_some(from)
     }
 
     /// Writes a new file with `fill` under a temp name beside `path`, gives

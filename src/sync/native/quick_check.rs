@@ -70,15 +70,19 @@ impl Placer<'_> {
         Ok(Check::Differs(want))
     }
 
-    /// Whether dest's file at `rel` would pass the quick check against a
-    /// member of `size` and `mtime` now (nothing this run wrote is there),
-    /// counting nothing.
-    pub(super) fn would_leave(&self, rel: &Path, size: u64, mtime: FileTime) -> bool {
-        if self.new_release() || self.in_fresh(rel) || self.written.contains(rel) {
+    /// Whether the file at `rel` needs no bytes from the archive: dest's
+    /// would pass the quick check against a member of `size` and the
+    /// wanted mtime now (nothing this run wrote is there), or, in a new
+    /// release, the live release has exactly it to link. Counts nothing.
+    pub(super) fn would_leave(&self, rel: &Path, size: u64, want: &Wanted) -> bool {
+        if self.new_release() {
+            return !self.written.contains(rel) && self.in_live_release(rel, size, want).is_some();
+        }
+        if self.in_fresh(rel) || self.written.contains(rel) {
             return false;
         }
         fs::symlink_metadata(self.dest.join(rel)).is_ok_and(|meta| {
-            meta.is_file() && meta.len() == size && meta.mtime() == mtime.unix_seconds()
+            meta.is_file() && meta.len() == size && meta.mtime() == want.mtime.unix_seconds()
         })
     }
 
