@@ -154,31 +154,27 @@ async fn download_once(
             if tx.send(buf).await.is_err() {
                 return Ok(()); // the sink failed; its error is reported below
             }
-            if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
-                let due = Duration::from_secs_f64(written as f64 / bw as f64);
-                if let Some(ahead) = due.checked_sub(begin.elapsed()) {
-                    tokio::time::sleep(ahead).await;
-                }
-            }
+            pace(begin, written, max_bandwidth).await;
         }
     }
     .await;
     drop(tx);
-    let verifier = sink
-        .await
-        .map_err(|e| anyhow!("hashing thread failed: {e}"))?
-        .with_context(|| format!("writing {path}"))?;
+    let verifier = Sink::finished(sink, &path).await?;
     read_result?;
     drop(bar);
-    let elapsed = begin.elapsed();
-    let rate = (written as f64 / elapsed.as_secs_f64().max(1e-9)) as u64;
-    log::info!(
-        "Wrote {} bytes to {path} (in {}, {}/s)",
-        comma(written),
-        format_duration(elapsed),
-        format_bytes(rate)
-    );
+    Sink::log_written(&path, written, begin);
     Ok((file, verifier))
+}
+
+/// Waits as `--max-band-width` asks, `total` bytes having come in since
+/// `begin`.
+async fn pace(begin: Instant, total: u64, max_bandwidth: Option<u64>) {
+    if let Some(bw) = max_bandwidth.filter(|bw| *bw > 0) {
+        let due = Duration::from_secs_f64(total as f64 / bw as f64);
+        if let Some(ahead) = due.checked_sub(begin.elapsed()) {
+            tokio::time::sleep(ahead).await;
+        }
+    }
 }
 
 /// Runs one step of an attempt (the request, one read), failing it as
@@ -223,6 +219,30 @@ impl Sink {
             tx,
             sink,
         })
+    }
+}
+
+impl Sink {
+    /// The verifier once every chunk sent has been hashed and written
+    /// (the sender dropped first): the sink's error, if it failed.
+    pub(crate) async fn finished(
+        sink: tokio::task::JoinHandle<std::io::Result<Verifier>>,
+        path: &str,
+    ) -> Result<Verifier> {
+        sink.await
+            .map_err(|e| anyhow!("hashing thread failed: {e}"))?
+            .with_context(|| format!("writing {path}"))
+    }
+
+    /// Logs the bytes written to `path` since `begin`, and the rate.
+    pub(crate) fn log_written(path: &str, bytes: u64, begin: Instant) {
+        let elapsed = begin.elapsed();
+        log::info!(
+            "Wrote {} bytes to {path} (in {}, {}/s)",
+            comma(bytes),
+            format_duration(elapsed),
+            format_bytes((bytes as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
+        );
     }
 }
 

@@ -22,7 +22,7 @@ use super::{unless_stalled, Options, Sink};
 use crate::digest::Verifier;
 use crate::pack::{digest, Footer, Kept, MemberRef};
 use crate::source::{self, Range};
-use crate::units::{comma, format_bytes, format_duration};
+use crate::units::comma;
 
 /// Ranged requests in flight at once.
 const PARALLEL: usize = 4;
@@ -119,13 +119,9 @@ pub(super) async fn fetch(
     }
     .await;
     drop(tx);
-    let verifier = sink
-        .await
-        .map_err(|e| anyhow!("hashing thread failed: {e}"))?
-        .with_context(|| format!("writing {path}"))?;
+    let verifier = Sink::finished(sink, &path).await?;
     assembled?;
     let sum = verifier.finish()?;
-    let elapsed = begin.elapsed();
     let total = footer.index_offset + footer.index_len + Footer::LEN as u64;
     log::info!(
         "Delta fetch: {} bytes over the wire in {} requests, {} bytes reused from the kept archive",
@@ -133,12 +129,7 @@ pub(super) async fn fetch(
         wire.requests(),
         comma(reused.load(Ordering::Relaxed))
     );
-    log::info!(
-        "Wrote {} bytes to {path} (in {}, {}/s)",
-        comma(total),
-        format_duration(elapsed),
-        format_bytes((total as f64 / elapsed.as_secs_f64().max(1e-9)) as u64)
-    );
+    Sink::log_written(&path, total, begin);
     Ok((file, sum))
 }
 
@@ -212,7 +203,7 @@ struct Wire {
 impl Wire {
     fn new(max_bandwidth: Option<u64>, stall: Option<Duration>) -> Self {
         Wire {
-            max_bandwidth: max_bandwidth.filter(|bw| *bw > 0),
+            max_bandwidth,
             stall,
             begin: Instant::now(),
             bytes: AtomicU64::new(0),
@@ -290,12 +281,7 @@ impl Wire {
     /// Counts `n` bytes received and waits as the bandwidth limit asks.
     async fn pace(&self, n: u64) {
         let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(bw) = self.max_bandwidth {
-            let due = Duration::from_secs_f64(total as f64 / bw as f64);
-            if let Some(ahead) = due.checked_sub(self.begin.elapsed()) {
-                tokio::time::sleep(ahead).await;
-            }
-        }
+        super::pace(self.begin, total, self.max_bandwidth).await;
     }
 }
 
