@@ -57,12 +57,7 @@ impl Placer<'_> {
         self.seen.insert(rel);
         let captured = match m.kind {
             Kind::File => {
-                let want = Wanted {
-                    mode: self.mode(m),
-                    owner: self.owner(m)?,
-                    mtime: mtime_of(m),
-                };
-                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                let (want, size) = self.wanted(m)?;
                 if self.would_leave(rel, size, &want) {
                     // No copy: rsync leaves the file, and its directory.
                     let held = Deferred {
@@ -72,16 +67,7 @@ impl Placer<'_> {
                     self.deferred.insert(rel.to_path_buf(), held);
                     return Ok(());
                 }
-                let temp = TempName::beside(path)?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp.0)
-                    .with_context(|| format!("creating {}", temp.0.display()))?;
-                self.room.charge(m.size, &m.name)?;
-                data.write_to(m, &file)?;
-                Captured::File(temp, want, size)
+                Captured::File(self.capture(m, path, data)?, want, size)
             }
             Kind::Symlink => Captured::Symlink(m.link.clone(), self.owner(m)?, mtime_of(m)),
             Kind::HardLink => {
@@ -129,6 +115,22 @@ impl Placer<'_> {
             self.place_captured(&p, held.captured)?;
         }
         Ok(())
+    }
+
+    /// Writes the data of the file member `m` under a temp name beside
+    /// `path` (charged against the room): a copy held until its place's
+    /// turn.
+    fn capture(&mut self, m: &Member, path: &Path, data: &mut Data<'_>) -> Result<TempName> {
+        let temp = TempName::beside(path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp.0)
+            .with_context(|| format!("creating {}", temp.0.display()))?;
+        self.room.charge(m.size, &m.name)?;
+        data.write_to(m, &file)?;
+        Ok(temp)
     }
 
     /// Places the hard link `m` (at `rel`) after a second read of the
@@ -337,12 +339,7 @@ impl Sink for Late<'_, '_> {
                 }
             }
             Kind::File => {
-                let want = Wanted {
-                    mode: self.placer.mode(m),
-                    owner: self.placer.owner(m)?,
-                    mtime: mtime_of(m),
-                };
-                let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+                let (want, size) = self.placer.wanted(m)?;
                 for rel in &waiting {
                     self.placer.real_dirs_above(rel)?;
                 }
@@ -357,15 +354,8 @@ impl Sink for Late<'_, '_> {
                 let Some(first) = waiting.first() else {
                     return Ok(());
                 };
-                let temp = TempName::beside(&self.placer.dest.join(first))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp.0)
-                    .with_context(|| format!("creating {}", temp.0.display()))?;
-                self.placer.room.charge(m.size, &m.name)?;
-                data.write_to(m, &file)?;
+                let first_path = self.placer.dest.join(first);
+                let temp = self.placer.capture(m, &first_path, data)?;
                 for rel in &waiting[1..] {
                     self.placer.room.charge(m.size, &m.name)?;
                     let copy = TempName::beside(&self.placer.dest.join(rel))?;

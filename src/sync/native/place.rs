@@ -230,13 +230,18 @@ impl Placer<'_> {
         Ok(())
     }
 
-    fn file(&mut self, m: &Member, rel: &Path, path: &Path, data: &mut Data<'_>) -> Result<()> {
-        let size = m.sparse.as_ref().map_or(m.size, |s| s.size);
+    /// The metadata and size a file member gets.
+    pub(super) fn wanted(&self, m: &Member) -> Result<(Wanted, u64)> {
         let want = Wanted {
             mode: self.mode(m),
             owner: self.owner(m)?,
             mtime: mtime_of(m),
         };
+        Ok((want, m.sparse.as_ref().map_or(m.size, |s| s.size)))
+    }
+
+    fn file(&mut self, m: &Member, rel: &Path, path: &Path, data: &mut Data<'_>) -> Result<()> {
+        let (want, size) = self.wanted(m)?;
         let (want, vacant) = match self.quick_check(rel, path, size, want)? {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
             Check::Differs(want) => (want, false),
