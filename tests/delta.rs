@@ -551,9 +551,16 @@ fn a_deploy_user_gets_the_delta_too() {
     let args = ["--state-dir", state.as_str()];
     for (data, delta) in [(&s.v1, false), (&s.v2, true)] {
         server.route("/app.tar.gz", Route::ok(data.clone()));
-        let url = s.fx.manifest(&manifest_for(&s.fx, &src, &sha256(data), ""));
+        let extra = "sync_strategy: native\n";
+        let url =
+            s.fx.manifest(&manifest_for(&s.fx, &src, &sha256(data), extra));
         let log = s.fx.run_unprivileged(&url, &args, &[]).ok();
         assert_eq!(log.contains("Delta fetch: "), delta, "{log}");
+        if delta {
+            // Placed by the index as the deploy user too.
+            let (read, total) = inflated(&log);
+            assert!(read * 4 < total, "inflated {read} of {total}");
+        }
     }
     assert_v2(&s);
     assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
@@ -610,6 +617,22 @@ fn native_and_release_inflate_only_the_members_dest_lacks() {
         let log = deploy("v2.tar.gz", &s.v2);
         if strategy == "native" {
             assert_eq!(inflated(&log).0, 0, "{log}");
+            // The 1.5 MiB file, split over members, cut short in dest:
+            // written again from its members and no others.
+            let big = s.fx.dest().join("app.bin");
+            let len = std::fs::metadata(&big).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&big)
+                .unwrap()
+                .set_len(1000)
+                .unwrap();
+            let log = deploy("v2.tar.gz", &s.v2);
+            let (read, _) = inflated(&log);
+            assert!(
+                read >= len && read <= len + (64 << 10),
+                "inflated {read} for {len}"
+            );
         }
         assert_v2(&s);
     }
