@@ -3,13 +3,11 @@
 //! convention, no scheme) for an emulator over plain HTTP without auth.
 
 use anyhow::{anyhow, Result};
-use futures_util::TryStreamExt;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
-use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::{bucket_and_key, Object, Permanent, Range, RangeMiss, Ranged};
+use super::{bucket_and_key, stream_body, Object, Permanent, Range, RangeMiss, Ranged};
 
 /// The store holding `url`'s object, and the object's path in it.
 fn store(url: &Url) -> Result<(impl ObjectStore, object_store::path::Path)> {
@@ -41,9 +39,8 @@ pub async fn open(url: &Url) -> Result<Object> {
     let (store, path) = store(url)?;
     let result = store.get(&path).await.map_err(|e| describe(e, url))?;
     let size = Some(result.meta.size);
-    let stream = result.into_stream().map_err(std::io::Error::other);
     Ok(Object {
-        body: Box::new(StreamReader::new(stream)),
+        body: stream_body(result.into_stream()),
         size,
     })
 }
@@ -69,9 +66,8 @@ pub async fn open_range(url: &Url, range: Range, etag: Option<&str>) -> Result<R
         result.meta.size,
     );
     let etag = result.meta.e_tag.clone();
-    let stream = result.into_stream().map_err(std::io::Error::other);
     Ok(Ranged {
-        body: Box::new(StreamReader::new(stream)),
+        body: stream_body(result.into_stream()),
         start,
         len,
         total,

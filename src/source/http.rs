@@ -5,11 +5,9 @@
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use futures_util::TryStreamExt;
-use tokio_util::io::StreamReader;
 use url::Url;
 
-use super::{content_range, Object, Range, RangeMiss, Ranged};
+use super::{content_range, stream_body, Object, Range, RangeMiss, Ranged};
 
 fn client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -35,9 +33,8 @@ pub async fn open(url: &Url) -> Result<Object> {
         bail!("HTTP status {status} from {url}");
     }
     let size = response.content_length();
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
     Ok(Object {
-        body: Box::new(StreamReader::new(stream)),
+        body: stream_body(response.bytes_stream()),
         size,
     })
 }
@@ -71,9 +68,8 @@ pub async fn open_range(url: &Url, range: Range, etag: Option<&str>) -> Result<R
     else {
         bail!("no usable Content-Range from {url}");
     };
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
     Ok(Ranged {
-        body: Box::new(StreamReader::new(stream)),
+        body: stream_body(response.bytes_stream()),
         start,
         len,
         total,

@@ -17,6 +17,18 @@ use url::Url;
 /// An open byte stream from a source.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;
 
+/// A [`Body`] reading the chunks of a client's byte stream.
+fn stream_body<S, E>(chunks: S) -> Body
+where
+    S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send + Unpin + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use futures_util::TryStreamExt;
+    Box::new(tokio_util::io::StreamReader::new(
+        chunks.map_err(std::io::Error::other),
+    ))
+}
+
 /// An opened object: its bytes, and its size when the source says it (a
 /// file's length, `Content-Length`, the object's size in the store).
 pub struct Object {
