@@ -113,18 +113,13 @@ impl Summary {
                 (a.node.clone(), v)
             })
             .collect();
-        let missing: serde_json::Map<String, serde_json::Value> = self
-            .missing
-            .iter()
-            .map(|(n, why)| (n.clone(), json!(why)))
-            .collect();
         json!({
             "query": DEPLOY,
             "url": url,
             "seconds": got.took.as_secs_f64(),
             "ok": self.ok,
             "failed": self.failed,
-            "no_answer": missing,
+            "no_answer": super::table::json_object(&self.missing),
             "answers": answers,
         })
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::ask::{ask, Answers, Request};
-use super::table::{columns, hosts, names};
+use super::table::{columns, hosts, json_object, names};
 use super::{anchored, connect, pick, Picked, STATUS};
 use crate::answer::HostStatus;
 use crate::cli::FleetStatusArgs;
@@ -123,17 +123,11 @@ impl View {
                 (node.clone(), v)
             })
             .collect();
-        let groups: serde_json::Map<String, serde_json::Value> = self
-            .groups
-            .iter()
-            .map(|(k, who)| (k.clone(), json!(who)))
-            .collect();
-        let missing: serde_json::Map<String, serde_json::Value> = self
-            .missing
-            .iter()
-            .map(|(n, why)| (n.clone(), json!(why)))
-            .collect();
-        json!({"checksums": groups, "hosts": hosts, "no_answer": missing})
+        json!({
+            "checksums": json_object(&self.groups),
+            "hosts": hosts,
+            "no_answer": json_object(&self.missing),
+        })
     }
 }
 

@@ -52,6 +52,16 @@ pub fn hosts(n: usize) -> String {
     }
 }
 
+/// A JSON object of `pairs` (by name), for `--json`.
+pub(super) fn json_object<T: serde::Serialize>(pairs: &[(String, T)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
