@@ -369,6 +369,19 @@ fn signed_as(
     fx.url(&rel)
 }
 
+/// [`versioned`] `name` holding `text`, signed with the time `unix`.
+fn signed_version(
+    fx: &Fixture,
+    signer: &Signer,
+    name: &str,
+    text: &str,
+    extra: &str,
+    unix: u64,
+) -> String {
+    let yaml = versioned(fx, name, text, extra);
+    signed_as(fx, signer, name, &yaml, Some(&at(unix)))
+}
+
 /// What dest's `version.txt` holds.
 fn deployed(fx: &Fixture) -> String {
     std::fs::read_to_string(fx.dest().join("version.txt")).unwrap()
@@ -476,20 +489,8 @@ fn a_run_that_waited_behind_a_newer_deploy_is_refused_as_a_downgrade() {
         started.display(),
         go.display()
     );
-    let newer = signed_as(
-        &fx,
-        &signer,
-        "v2",
-        &versioned(&fx, "v2", "v2, newer\n", &hold),
-        Some(&at(T2)),
-    );
-    let older = signed_as(
-        &fx,
-        &signer,
-        "v1",
-        &versioned(&fx, "v1", "v1\n", ""),
-        Some(&at(T1)),
-    );
+    let newer = signed_version(&fx, &signer, "v2", "v2, newer\n", &hold, T2);
+    let older = signed_version(&fx, &signer, "v1", "v1\n", "", T1);
 
     let mut first = fx.spawn(&newer, &args, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -518,13 +519,7 @@ fn every_spelling_of_dest_is_one_dest_to_the_downgrade_guard() {
     let signer = Signer::new();
     let args = guarded(&fx, &signer);
     let args = strs(&args);
-    let newer = signed_as(
-        &fx,
-        &signer,
-        "v2",
-        &versioned(&fx, "v2", "v2, newer\n", ""),
-        Some(&at(T2)),
-    );
+    let newer = signed_version(&fx, &signer, "v2", "v2, newer\n", "", T2);
     fx.run(&newer, &args, &[]).ok();
 
     std::fs::create_dir(fx.path("x")).unwrap();
@@ -564,23 +559,11 @@ fn a_state_file_keyed_by_another_spelling_of_dest_still_guards_it() {
                 "event":null,"deployed_at":"2024-01-01T00:00:00+00:00","signed_at":{T2}}}}}}}"#
         ),
     );
-    let older = signed_as(
-        &fx,
-        &signer,
-        "v1",
-        &versioned(&fx, "v1", "v1\n", ""),
-        Some(&at(T1)),
-    );
+    let older = signed_version(&fx, &signer, "v1", "v1\n", "", T1);
     downgrade_refused(&fx.run(&older, &args, &[]).failed());
     assert!(!fx.dest().exists());
 
-    let newer = signed_as(
-        &fx,
-        &signer,
-        "v3",
-        &versioned(&fx, "v3", "v3, the newest\n", ""),
-        Some(&at(T3)),
-    );
+    let newer = signed_version(&fx, &signer, "v3", "v3, the newest\n", "", T3);
     fx.run(&newer, &args, &[]).ok();
     let times = recorded_times(&fx);
     assert_eq!(times.len(), 1, "{times:?}");
@@ -599,13 +582,7 @@ fn a_deploy_that_failed_after_changing_dest_still_guards_it() {
         "commands:\n  post: ['test -e {}']\n",
         fx.path("ok").display()
     );
-    let newer = signed_as(
-        &fx,
-        &signer,
-        "v2",
-        &versioned(&fx, "v2", "v2, newer\n", &post),
-        Some(&at(T2)),
-    );
+    let newer = signed_version(&fx, &signer, "v2", "v2, newer\n", &post, T2);
     let event = common::consul_event("e2", 2, &newer);
     let consul = [("CONSUL_INDEX", "2")];
     let log = fx.run(&event, &args, &consul).ok();
@@ -615,13 +592,7 @@ fn a_deploy_that_failed_after_changing_dest_still_guards_it() {
     );
     assert_eq!(deployed(&fx), "v2, newer\n");
 
-    let older = signed_as(
-        &fx,
-        &signer,
-        "v1",
-        &versioned(&fx, "v1", "v1\n", ""),
-        Some(&at(T1)),
-    );
+    let older = signed_version(&fx, &signer, "v1", "v1\n", "", T1);
     downgrade_refused(&fx.run(&older, &args, &[]).failed());
     assert_eq!(deployed(&fx), "v2, newer\n");
 
@@ -639,21 +610,9 @@ fn a_deploy_without_a_signature_time_leaves_the_recorded_one() {
     let signer = Signer::new();
     let args = guarded(&fx, &signer);
     let args = strs(&args);
-    let newer = signed_as(
-        &fx,
-        &signer,
-        "v2",
-        &versioned(&fx, "v2", "v2, newer\n", ""),
-        Some(&at(T2)),
-    );
+    let newer = signed_version(&fx, &signer, "v2", "v2, newer\n", "", T2);
     fx.run(&newer, &args, &[]).ok();
-    let older = signed_as(
-        &fx,
-        &signer,
-        "v1",
-        &versioned(&fx, "v1", "v1\n", ""),
-        Some(&at(T1)),
-    );
+    let older = signed_version(&fx, &signer, "v1", "v1\n", "", T1);
     let v3 = versioned(&fx, "v3", "v3, the newest\n", "");
 
     let by_hand = fx.manifest(&v3);
