@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::http::{Route, Server};
-use common::{app_tar, gzip, sha256, tar, tree, wait_for, Fixture, Member};
+use common::{app_tar, gzip, noise, sha256, tar, tree, wait_for, Fixture, Member};
 
 /// A fixture with a deployed-before dest, an HTTP server, and a manifest
 /// whose `pre` and `failure` hooks leave marker files.
@@ -73,19 +73,6 @@ fn assert_dest_untouched(fx: &Fixture) {
         "dest changed: {dest:?}"
     );
     assert_eq!(dest["keep.txt"].2, b"the release before");
-}
-
-/// `n` bytes that do not compress.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -237,7 +224,11 @@ fn a_full_temp_filesystem_fails_the_download_naming_the_temp_file() {
     // RLIMIT_FSIZE stands in for a full disk: writes past it fail with
     // EFBIG (the agent does not die of SIGXFSZ).
     let c = Case::new();
-    let data = gzip(&tar(&[Member::File("big.bin", &noise(1 << 20), 0o644)]));
+    let data = gzip(&tar(&[Member::File(
+        "big.bin",
+        &noise(1 << 20, 0x2545_f491_4f6c_dd1d),
+        0o644,
+    )]));
     c.fx.write("big.tar.gz", &data);
     let url = c.manifest(&c.fx.url("big.tar.gz"), &sha256(&data));
     let run = c.fx.run_program(
@@ -340,7 +331,7 @@ fn a_dest_the_agent_may_not_write_fails_and_stays_as_it_was() {
 #[test]
 fn sigterm_during_the_download_stops_it_promptly_and_cleans_up() {
     let c = Case::new();
-    let mut route = Route::ok(noise(1 << 20));
+    let mut route = Route::ok(noise(1 << 20, 0x2545_f491_4f6c_dd1d));
     route.chunk_delay = Duration::from_millis(100);
     let src = c.server.route("/slow.tar.gz", route);
     let url = c.manifest(&src, &"0".repeat(64));

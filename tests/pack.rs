@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{is_root, manifest_for, sha256, Fixture, MTIME};
+use common::{is_root, manifest_for, noise, sha256, Fixture, MTIME};
 
 /// One path of a tree as a user sees it: type, mode, owner, mtime (not for
 /// symlinks), contents or link target, and which paths share an inode.
@@ -92,19 +92,6 @@ fn chown(p: &Path, uid: u32, gid: u32) {
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Bytes that do not compress, the same on every run.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A tree with what `tar czf` has to carry: modes (setuid, setgid),

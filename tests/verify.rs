@@ -322,6 +322,16 @@ fn http_verify_passes_on_the_new_revision_and_fails_when_it_never_serves() {
     assert!(served.contains("cannot start: BROKEN"), "{served}");
 }
 
+/// Manifest lines: `post` as the post hook, then a verify of `check`
+/// (one check's YAML) within `timeout`, polled every 0.2 s.
+fn post_then_check(post: &str, timeout: &str, check: &str) -> String {
+    format!(
+        "commands:\n  post:\n    - '{post}'\n\
+         verify:\n  timeout: {timeout}\n  interval: 0.2s\n  checks:\n\
+         \x20   - {check}\n"
+    )
+}
+
 #[test]
 fn server_starter_passes_when_the_hot_deploy_took_and_fails_when_the_new_worker_dies() {
     let fx = Fixture::new();
@@ -336,14 +346,8 @@ fn server_starter_passes_when_the_hot_deploy_took_and_fails_when_the_new_worker_
         status = status.display(),
         dest = fx.dest().display()
     );
-    let extra = |timeout: &str| {
-        format!(
-            "commands:\n  post:\n    - '{post}'\n\
-             verify:\n  timeout: {timeout}\n  interval: 0.2s\n  checks:\n\
-             \x20   - server_starter: {}\n",
-            status.display()
-        )
-    };
+    let check = format!("server_starter: {}", status.display());
+    let extra = |timeout: &str| post_then_check(&post, timeout, &check);
     let listed = || std::fs::read_to_string(&status).unwrap_or_default();
     for rev in ["r1", "r2"] {
         let log = fx.deploy(&manifest(&fx, rev, false, &extra("60s"))).ok();
@@ -385,14 +389,8 @@ fn pidfile_passes_when_the_master_reexecs_and_fails_when_the_new_one_dies() {
         pid = pidfile.display(),
         dest = fx.dest().display()
     );
-    let extra = |timeout: &str| {
-        format!(
-            "commands:\n  post:\n    - '{post}'\n\
-             verify:\n  timeout: {timeout}\n  interval: 0.2s\n  checks:\n\
-             \x20   - pidfile: {}\n",
-            pidfile.display()
-        )
-    };
+    let check = format!("pidfile: {}", pidfile.display());
+    let extra = |timeout: &str| post_then_check(&post, timeout, &check);
     let pid = || {
         std::fs::read_to_string(&pidfile)
             .unwrap()

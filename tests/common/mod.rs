@@ -425,6 +425,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `len` bytes that do not compress, the same for the same `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A manifest deploying `src` (with checksum `sum`) into the fixture's dest.
 pub fn manifest_for(fx: &Fixture, src: &str, sum: &str, extra: &str) -> String {
     format!(
