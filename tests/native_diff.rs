@@ -717,8 +717,13 @@ fn packed_case(
         (explicit1, &explicit),
         (fresh, &fresh_dir),
     )
-    .map_err(|e| format!("member size {member_size}, release: {e}"))
+    .map_err(|e| format!("member size {member_size}, release: {e}"))?;
+    PACKED_CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
+
+/// Packed cases that were compared (not skipped for want of a tree).
+static PACKED_CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Every path below `root` (relative) and whether it is a directory.
 fn walk(root: &Path) -> Vec<(String, bool)> {
@@ -999,5 +1004,10 @@ fn native_leaves_what_rsync_leaves() {
         "{} case(s) differ:\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+    let packed = PACKED_CASES.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        cases < 8 || packed * 8 >= cases,
+        "only {packed} packed cases of {cases} compared"
     );
 }
