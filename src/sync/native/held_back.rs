@@ -13,7 +13,7 @@ use filetime::FileTime;
 
 use super::delete::paths_below;
 use super::meta::{mtime_of, Owner, Wanted};
-use super::quick_check::{fix_in_place, Check};
+use super::quick_check::{fix_in_place, Check, Looked};
 use super::temp::TempName;
 use super::{Job, Placer};
 use crate::archive::{self, Data, Kind, Member, Sink};
@@ -21,11 +21,17 @@ use crate::archive::{self, Data, Kind, Member, Sink};
 impl Placer<'_> {
     /// Whether the non-directory member at `rel` must wait for the end of
     /// the archive: it would replace a directory in dest, or a later
-    /// directory member there would be excluded.
-    pub(super) fn must_defer(&self, rel: &Path, path: &Path) -> bool {
-        self.excludes.excludes(rel, true)
-            || (self.seen.contains(rel) || !self.in_fresh(rel))
-                && fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+    /// directory member there would be excluded. With what dest has at
+    /// `path`, when it looked (the quick check needs it next).
+    pub(super) fn must_defer(&self, rel: &Path, path: &Path) -> (bool, Looked) {
+        if self.excludes.excludes(rel, true) {
+            return (true, None);
+        }
+        if !self.seen.contains(rel) && self.in_fresh(rel) {
+            return (false, None);
+        }
+        let meta = fs::symlink_metadata(path);
+        (meta.as_ref().is_ok_and(|meta| meta.is_dir()), Some(meta))
     }
 
     /// Whether `rel` is in a directory this run created.
@@ -207,7 +213,7 @@ impl Placer<'_> {
                 self.symlink(&p.rel, &path, &link, owner, mtime)
             }
             Captured::File(temp, want, size) => {
-                match self.quick_check(&p.rel, &path, size, want)? {
+                match self.quick_check(&p.rel, &path, size, want, None)? {
                     Check::Same(meta, want) => fix_in_place(&path, meta, &want),
                     Check::Differs(want) => {
                         self.place_temp(&p.rel, &path, temp, &want, size, false)
@@ -216,7 +222,7 @@ impl Placer<'_> {
                 }
             }
             Captured::Left(want, size) => {
-                let (want, vacant) = match self.quick_check(&p.rel, &path, size, want)? {
+                let (want, vacant) = match self.quick_check(&p.rel, &path, size, want, None)? {
                     Check::Same(meta, want) => return fix_in_place(&path, meta, &want),
                     Check::Differs(want) => (want, false),
                     Check::Vacant(want) => (want, true),

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 
 use super::meta::{mtime_of, Owner, Wanted};
-use super::quick_check::{fix_in_place, Check};
+use super::quick_check::{fix_in_place, Check, Looked};
 use super::temp::TempName;
 use super::{make_dest, DirMeta, Placer, Target};
 use crate::archive::{Data, Kind, Member, Sink};
@@ -109,19 +109,24 @@ impl Sink for Placer<'_> {
             self.make_dirs(parent, &m.name)?;
         }
         let path = self.dest.join(rel);
-        if m.kind != Kind::Dir && self.must_defer(rel, &path) {
-            return self
-                .defer(m, rel, &path, data)
-                .with_context(|| format!("placing {} at {}", m.name, path.display()));
+        let mut looked = None;
+        if m.kind != Kind::Dir {
+            let defer;
+            (defer, looked) = self.must_defer(rel, &path);
+            if defer {
+                return self
+                    .defer(m, rel, &path, data)
+                    .with_context(|| format!("placing {} at {}", m.name, path.display()));
+            }
         }
         match m.kind {
             Kind::Dir => self.dir(m, rel, &path),
-            Kind::File => self.file(m, rel, &path, data),
+            Kind::File => self.file(m, rel, &path, data, looked),
             Kind::Symlink => {
                 let owner = self.owner(m)?;
                 self.symlink(rel, &path, &m.link, owner, mtime_of(m))
             }
-            Kind::HardLink => self.hard_link(m, rel, &path),
+            Kind::HardLink => self.hard_link(m, rel, &path, looked),
             Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => Ok(()),
         }
         .with_context(|| format!("placing {} at {}", m.name, path.display()))
@@ -240,9 +245,16 @@ impl Placer<'_> {
         Ok((want, m.sparse.as_ref().map_or(m.size, |s| s.size)))
     }
 
-    fn file(&mut self, m: &Member, rel: &Path, path: &Path, data: &mut Data<'_>) -> Result<()> {
+    fn file(
+        &mut self,
+        m: &Member,
+        rel: &Path,
+        path: &Path,
+        data: &mut Data<'_>,
+        looked: Looked,
+    ) -> Result<()> {
         let (want, size) = self.wanted(m)?;
-        let (want, vacant) = match self.quick_check(rel, path, size, want)? {
+        let (want, vacant) = match self.quick_check(rel, path, size, want, looked)? {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
             Check::Differs(want) => (want, false),
             Check::Vacant(want) => (want, true),
@@ -255,7 +267,7 @@ impl Placer<'_> {
     }
 
     /// A hard link in the archive is a copy in dest, as with rsync -a.
-    fn hard_link(&mut self, m: &Member, rel: &Path, path: &Path) -> Result<()> {
+    fn hard_link(&mut self, m: &Member, rel: &Path, path: &Path, looked: Looked) -> Result<()> {
         let target = m.target.as_path();
         let through_link = target
             .ancestors()
@@ -305,7 +317,7 @@ impl Placer<'_> {
             owner,
             mtime,
         };
-        let (want, vacant) = match self.quick_check(rel, path, meta.len(), want)? {
+        let (want, vacant) = match self.quick_check(rel, path, meta.len(), want, looked)? {
             Check::Same(meta, want) => return fix_in_place(path, meta, &want),
             Check::Differs(want) => (want, false),
             Check::Vacant(want) => (want, true),

@@ -16,6 +16,7 @@ use super::Placer;
 impl Placer<'_> {
     /// rsync's quick check, against what dest held before this run: a
     /// regular file of this size and mtime (to the second) is not written.
+    /// `looked` is dest's entry when placing this member already read it.
     /// When this run already replaced the file (the archive holds the path
     /// twice), dest's original went as its replacement landed: if it would
     /// have passed, the member is written with the original's mtime, as
@@ -27,6 +28,7 @@ impl Placer<'_> {
         path: &Path,
         size: u64,
         want: Wanted,
+        looked: Looked,
     ) -> Result<Check> {
         let new = self.seen.insert(rel);
         let secs = want.mtime.unix_seconds();
@@ -51,7 +53,7 @@ impl Placer<'_> {
             self.kept.insert(rel.to_path_buf(), want.mtime);
             return Ok(Check::Differs(Wanted { mtime, ..want }));
         }
-        let meta = match fs::symlink_metadata(path) {
+        let meta = match looked.unwrap_or_else(|| fs::symlink_metadata(path)) {
             Ok(meta) => meta,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Check::Differs(want)),
             Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
@@ -114,6 +116,10 @@ pub(super) fn fix_in_place(path: &Path, meta: fs::Metadata, want: &Wanted) -> Re
     }
     Ok(())
 }
+
+/// dest's entry at a path as this member's placing already read it
+/// (`None`: not read yet).
+pub(super) type Looked = Option<std::io::Result<fs::Metadata>>;
 
 /// The quick check's verdict, with the metadata the file ends with.
 pub(super) enum Check {
