@@ -116,7 +116,7 @@ fn read_extra_member(bytes: &[u8], id: [u8; 2]) -> Result<(&[u8], &[u8])> {
 
 /// The index members for `index`.
 pub fn index_members(index: &Index) -> Vec<u8> {
-    let deflated = index.encode();
+    let deflated = index.deflated();
     let mut out = Vec::with_capacity(deflated.len() + deflated.len() / INDEX_CHUNK * 26 + 26);
     for chunk in deflated.chunks(INDEX_CHUNK) {
         out.extend_from_slice(&extra_member(INDEX_ID, chunk));
@@ -217,7 +217,7 @@ impl Footer {
             deflated.extend_from_slice(payload);
             rest = after;
         }
-        let index = Index::decode(&deflated)?;
+        let index = Index::decode(deflated)?;
         ensure!(
             index.data_end() == self.index_offset,
             "the index's members end at {}, its footer says {}",

@@ -11,10 +11,11 @@
 //! gid, the user and group names as indices into a table that grows as
 //! names first appear, the member as a change from the previous entry's,
 //! then a link target (symlinks, hard links) or device numbers (devices).
-//! Entries stay encoded in memory and are decoded as they are read, so the
-//! index of a large tree costs a few bytes per entry.
+//! The index stays deflated in memory, as the archive carries it, and
+//! entries are inflated and decoded as they are read: the index of a
+//! large tree costs a few bytes per entry.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use sha2::{Digest as _, Sha256};
@@ -145,13 +146,16 @@ pub struct Entry {
 }
 
 /// A packed archive's index: the members in archive order, and the
-/// entries, encoded, decoded on reading.
+/// entries, kept deflated as the archive carries them and inflated as
+/// they are read (a few bytes per entry in memory).
 #[derive(Debug, Clone)]
 pub struct Index {
     members: Vec<MemberRef>,
     entry_count: u64,
-    /// The entry records (see the module docs).
-    entries: Vec<u8>,
+    /// The encoded index, deflated (see the module docs).
+    deflated: Vec<u8>,
+    /// Where the entry records start in the inflated bytes.
+    entries_at: u64,
 }
 
 impl Index {
@@ -179,43 +183,20 @@ impl Index {
 
     /// The entries, in archive order.
     pub fn entries(&self) -> Entries<'_> {
-        Entries {
-            rest: &self.entries,
-            left: self.entry_count,
-            prev: Entry::default(),
-            names: Vec::new(),
-        }
+        let mut r = Reader::inflating(&self.deflated);
+        // Read once by `decode` already: skipping cannot fail.
+        let _ = r.skip(self.entries_at);
+        Entries::new(r, self.entry_count)
     }
 
     /// The encoded index, deflated: what the index members carry.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity(self.entries.len() + self.members.len() * 20 + 16);
-        raw.extend_from_slice(MAGIC);
-        raw.push(VERSION);
-        put_varint(&mut raw, self.members.len() as u64);
-        for m in &self.members {
-            put_varint(&mut raw, u64::from(m.len));
-        }
-        for m in &self.members {
-            raw.extend_from_slice(&m.digest);
-        }
-        put_varint(&mut raw, self.entry_count);
-        raw.extend_from_slice(&self.entries);
-        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        // Writing into a Vec cannot fail.
-        let _ = std::io::Write::write_all(&mut z, &raw);
-        z.finish().unwrap_or_default()
+    pub fn deflated(&self) -> &[u8] {
+        &self.deflated
     }
 
-    /// Decodes what [`Index::encode`] made, checking every entry once.
-    pub fn decode(deflated: &[u8]) -> Result<Index> {
-        let mut raw = Vec::new();
-        flate2::read::DeflateDecoder::new(deflated)
-            .take(MAX_ENCODED + 1)
-            .read_to_end(&mut raw)
-            .context("inflating the index")?;
-        ensure!(raw.len() as u64 <= MAX_ENCODED, "the index is too large");
-        let mut r = Reader(&raw);
+    /// Decodes what [`Index::deflated`] gives, checking every entry once.
+    pub fn decode(deflated: Vec<u8>) -> Result<Index> {
+        let mut r = Reader::inflating(&deflated);
         ensure!(
             r.bytes(MAGIC.len())? == MAGIC,
             "not a packed archive index (bad magic)"
@@ -226,11 +207,12 @@ impl Index {
             "index version {version} is not supported"
         );
         let count = r.varint()?;
+        // Each member takes a length and a digest.
         ensure!(
-            count <= r.0.len() as u64,
+            count <= MAX_ENCODED / (DIGEST_LEN as u64 + 1),
             "member count {count} is too large"
         );
-        let mut members = Vec::with_capacity(count as usize);
+        let mut members = Vec::with_capacity(count.min(1 << 16) as usize);
         let mut offset = 0u64;
         for _ in 0..count {
             let len = u32::try_from(r.varint()?)
@@ -245,76 +227,87 @@ impl Index {
             offset += u64::from(len);
         }
         for m in &mut members {
-            m.digest.copy_from_slice(r.bytes(DIGEST_LEN)?);
+            m.digest.copy_from_slice(&r.bytes(DIGEST_LEN)?);
         }
         let entry_count = r.varint()?;
-        // The entry records stay where they were inflated, without a copy.
-        let head = raw.len() - r.0.len();
-        raw.drain(..head);
-        raw.shrink_to_fit();
-        let index = Index {
-            members,
-            entry_count,
-            entries: raw,
-        };
-        let mut entries = index.entries();
+        let entries_at = r.read;
+        let mut entries = Entries::new(r, entry_count);
         let mut seen = 0u64;
         while let Some(entry) = entries.decode_next()? {
             ensure!(
-                (entry.member as usize) < index.members.len(),
+                (entry.member as usize) < members.len(),
                 "entry {} names member {} of {}",
                 String::from_utf8_lossy(&entry.path),
                 entry.member,
-                index.members.len()
+                members.len()
             );
             seen += 1;
         }
         ensure!(
-            entries.rest.is_empty() && seen == entry_count,
+            entries.r.at_end()? && seen == entry_count,
             "the index has trailing bytes"
         );
-        Ok(index)
+        drop(entries);
+        Ok(Index {
+            members,
+            entry_count,
+            deflated,
+            entries_at,
+        })
     }
 }
 
-/// The entries of an [`Index`], decoded one at a time.
+/// The entries of an [`Index`], inflated and decoded one at a time.
 pub struct Entries<'a> {
-    rest: &'a [u8],
+    r: Reader<Inflating<'a>>,
     left: u64,
-    prev: Entry,
+    /// The previous entry's path, mtime and member (entries are stored
+    /// as changes from it).
+    path: Vec<u8>,
+    mtime: i64,
+    member: u32,
     names: Vec<String>,
 }
 
-impl Entries<'_> {
+impl<'a> Entries<'a> {
+    fn new(r: Reader<Inflating<'a>>, count: u64) -> Self {
+        Entries {
+            r,
+            left: count,
+            path: Vec::new(),
+            mtime: 0,
+            member: 0,
+            names: Vec::new(),
+        }
+    }
+
     fn decode_next(&mut self) -> Result<Option<Entry>> {
         if self.left == 0 {
             return Ok(None);
         }
-        let mut r = Reader(self.rest);
+        let r = &mut self.r;
         let shared = r.varint()? as usize;
-        ensure!(
-            shared <= self.prev.path.len(),
-            "bad path prefix in the index"
-        );
+        ensure!(shared <= self.path.len(), "bad path prefix in the index");
         let suffix_len = r.varint()? as usize;
-        let mut path = self.prev.path[..shared].to_vec();
-        path.extend_from_slice(r.bytes(suffix_len)?);
+        self.path.truncate(shared);
+        r.append(suffix_len, &mut self.path)?;
         let kind = EntryType::from_code(r.byte()?).ok_or_else(|| anyhow!("bad entry type"))?;
         let size = r.varint()?;
         let mode = u32::try_from(r.varint()?).map_err(|_| anyhow!("bad mode"))?;
-        let mtime = self.prev.mtime.wrapping_add(unzigzag(r.varint()?));
+        self.mtime = self.mtime.wrapping_add(unzigzag(r.varint()?));
         let uid = r.varint()?;
         let gid = r.varint()?;
-        let user = self.name(&mut r)?;
-        let group = self.name(&mut r)?;
-        let member = u32::try_from(u64::from(self.prev.member) + r.varint()?)
+        let user = self.name()?;
+        let group = self.name()?;
+        let r = &mut self.r;
+        self.member = u32::try_from(u64::from(self.member) + r.varint()?)
             .map_err(|_| anyhow!("bad member number"))?;
         let mut link = Vec::new();
         let mut device = (0, 0);
         match kind {
             EntryType::Symlink | EntryType::HardLink => {
                 let len = r.varint()? as usize;
-                link = r.bytes(len)?.to_vec();
+                r.append(len, &mut link)?;
             }
             EntryType::CharDevice | EntryType::BlockDevice => {
                 let major = u32::try_from(r.varint()?).map_err(|_| anyhow!("bad device"))?;
@@ -323,34 +316,33 @@ impl Entries<'_> {
             }
             _ => {}
         }
-        self.rest = r.0;
         self.left -= 1;
-        let entry = Entry {
-            path,
+        Ok(Some(Entry {
+            path: self.path.clone(),
             kind,
             size,
             mode,
-            mtime,
+            mtime: self.mtime,
             uid,
             gid,
             user,
             group,
             link,
             device,
-            member,
-        };
-        self.prev = entry.clone();
-        Ok(Some(entry))
+            member: self.member,
+        }))
     }
 
-    fn name(&mut self, r: &mut Reader<'_>) -> Result<String> {
-        let i = r.varint()? as usize;
+    fn name(&mut self) -> Result<String> {
+        let i = self.r.varint()? as usize;
         if i < self.names.len() {
             return Ok(self.names[i].clone());
         }
         ensure!(i == self.names.len(), "bad name number in the index");
-        let len = r.varint()? as usize;
-        let name = String::from_utf8_lossy(r.bytes(len)?).into_owned();
+        let len = self.r.varint()? as usize;
+        let mut name = Vec::new();
+        self.r.append(len, &mut name)?;
+        let name = String::from_utf8_lossy(&name).into_owned();
         self.names.push(name.clone());
         Ok(name)
     }
@@ -447,10 +439,27 @@ impl Builder {
             self.entry_count == 0 || (self.prev_member as usize) < members.len(),
             "an entry names a member that was not written"
         );
+        let mut raw = Vec::with_capacity(self.entries.len() + members.len() * 20 + 16);
+        raw.extend_from_slice(MAGIC);
+        raw.push(VERSION);
+        put_varint(&mut raw, members.len() as u64);
+        for m in &members {
+            put_varint(&mut raw, u64::from(m.len));
+        }
+        for m in &members {
+            raw.extend_from_slice(&m.digest);
+        }
+        put_varint(&mut raw, self.entry_count);
+        let entries_at = raw.len() as u64;
+        raw.extend_from_slice(&self.entries);
+        drop(self.entries);
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut z, &raw).context("deflating the index")?;
         Ok(Index {
             members,
             entry_count: self.entry_count,
-            entries: self.entries,
+            deflated: z.finish().context("deflating the index")?,
+            entries_at,
         })
     }
 }
@@ -471,26 +480,74 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// A cursor over encoded bytes; every read is checked.
-struct Reader<'a>(&'a [u8]);
+/// The inflated index, read as it inflates, at most [`MAX_ENCODED`]
+/// bytes of it.
+type Inflating<'a> = std::io::BufReader<std::io::Take<flate2::read::DeflateDecoder<&'a [u8]>>>;
 
-impl<'a> Reader<'a> {
+/// A reader of encoded bytes, counting them; every read is checked.
+struct Reader<R> {
+    input: R,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl<'a> Reader<Inflating<'a>> {
+    /// Reads `deflated` as it inflates.
+    fn inflating(deflated: &'a [u8]) -> Self {
+        let inflate = flate2::read::DeflateDecoder::new(deflated).take(MAX_ENCODED + 1);
+        Reader {
+            input: std::io::BufReader::with_capacity(16 << 10, inflate),
+            read: 0,
+        }
+    }
+}
+
+impl<R: BufRead> Reader<R> {
+    fn buffered(&mut self) -> Result<&[u8]> {
+        let buf = self.input.fill_buf().context("inflating the index")?;
+        ensure!(!buf.is_empty(), "the index ends early");
+        Ok(buf)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.input.consume(n);
+        self.read += n as u64;
+        // Past MAX_ENCODED, the input ends early.
+    }
+
     fn byte(&mut self) -> Result<u8> {
-        let (&b, rest) = self
-            .0
-            .split_first()
-            .ok_or_else(|| anyhow!("the index ends early"))?;
-        self.0 = rest;
+        let b = self.buffered()?[0];
+        self.consume(1);
         Ok(b)
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
-        if n > self.0.len() {
-            bail!("the index ends early");
+    fn bytes(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.append(n, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the next `n` bytes to `out`.
+    fn append(&mut self, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let buf = self.buffered()?;
+            let k = buf.len().min(left);
+            out.extend_from_slice(&buf[..k]);
+            self.consume(k);
+            left -= k;
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let k = (self.buffered()?.len() as u64).min(left);
+            self.consume(k as usize);
+            left -= k;
+        }
+        Ok(())
     }
 
     fn varint(&mut self) -> Result<u64> {
@@ -503,6 +560,17 @@ impl<'a> Reader<'a> {
             }
         }
         bail!("bad number in the index")
+    }
+
+    /// Whether every byte was read (and no more than [`MAX_ENCODED`]).
+    fn at_end(&mut self) -> Result<bool> {
+        let empty = self
+            .input
+            .fill_buf()
+            .context("inflating the index")?
+            .is_empty();
+        ensure!(self.read <= MAX_ENCODED, "the index is too large");
+        Ok(empty)
     }
 }
 
@@ -558,7 +626,7 @@ mod tests {
             members.push(MemberRef::after(members.last(), m).unwrap());
         }
         let index = b.finish(members).unwrap();
-        let back = Index::decode(&index.encode()).unwrap();
+        let back = Index::decode(index.deflated().to_vec()).unwrap();
         assert_eq!(back.entries().collect::<Vec<_>>(), entries);
         assert_eq!(back.members(), index.members());
         assert_eq!(back.members()[2].offset, 7);
@@ -573,7 +641,8 @@ mod tests {
         let good = b
             .finish(vec![MemberRef::after(None, b"x").unwrap()])
             .unwrap()
-            .encode();
+            .deflated()
+            .to_vec();
         let mut raw = Vec::new();
         flate2::read::DeflateDecoder::new(&good[..])
             .read_to_end(&mut raw)
@@ -581,9 +650,9 @@ mod tests {
         for cut in 0..raw.len() {
             let mut z = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
             std::io::Write::write_all(&mut z, &raw[..cut]).unwrap();
-            assert!(Index::decode(&z.finish().unwrap()).is_err(), "cut at {cut}");
+            assert!(Index::decode(z.finish().unwrap()).is_err(), "cut at {cut}");
         }
-        assert!(Index::decode(b"not deflate at all").is_err());
+        assert!(Index::decode(b"not deflate at all".to_vec()).is_err());
     }
 
     #[test]
@@ -591,7 +660,11 @@ mod tests {
         for v in [0, 1, 127, 128, 300, u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
-            assert_eq!(Reader(&out).varint().unwrap(), v);
+            let mut r = Reader {
+                input: &out[..],
+                read: 0,
+            };
+            assert_eq!(r.varint().unwrap(), v);
         }
         for v in [0, 1, -1, i64::MAX, i64::MIN] {
             assert_eq!(unzigzag(zigzag(v)), v);
