@@ -13,6 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
+use crate::archive::Archive;
 use crate::digest::Verifier;
 use crate::pack::Kept;
 use crate::progress::Progress;
@@ -37,9 +38,11 @@ pub struct Options {
 
 const CHUNK: usize = 256 << 10;
 
-/// Downloads `url`, verifies it against `checksum` and returns the temp file
-/// holding it (removed when dropped).
-pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTempFile> {
+/// Downloads `url`, verifies it against `checksum` and returns it in its
+/// temp file (removed when dropped). After a delta fetch, the members
+/// reused from the kept archive are copied into the temp file only when
+/// the archive is asked for whole ([`Archive::whole`]).
+pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<Archive> {
     if let Some(bw) = opts.max_bandwidth {
         log::info!("Set max bandwidth {}/sec", format_bytes(bw));
     }
@@ -60,7 +63,7 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
             .await
             .map_err(|e| anyhow!("checking thread failed: {e}"))?
             .with_context(|| url.to_string())?;
-        anyhow::Ok((file, sum))
+        anyhow::Ok((Archive::new(file)?, sum))
     };
     let (file, checksum) = match opts.timeout {
         Some(limit) => {
@@ -79,11 +82,11 @@ pub async fn fetch(url: &str, checksum: &str, opts: &Options) -> Result<NamedTem
 }
 
 /// Keeps the verified `archive` for the next delta fetch, when the dest
-/// has a place for it and it is a packed archive. A failure is logged:
-/// the deploy itself went through.
-pub fn keep(opts: &Options, archive: &std::path::Path) {
-    let Some(kept) = &opts.kept else { return };
-    match kept.keep(archive) {
+/// has a place for it and it is a packed archive (made whole first). A
+/// failure is logged: the deploy itself went through.
+pub fn keep(kept: Option<&Kept>, archive: &Archive) {
+    let Some(kept) = kept else { return };
+    match archive.whole().and_then(|path| kept.keep(path)) {
         Ok(true) => log::info!("Kept the packed archive for the next delta fetch"),
         Ok(false) => {}
         Err(e) => log::info!("could not keep the packed archive: {e:#}"),
@@ -151,7 +154,7 @@ async fn download_once(
             }
             written += buf.len() as u64;
             bar.add(buf.len() as u64);
-            if tx.send(buf).await.is_err() {
+            if tx.send(Chunk::write(buf)).await.is_err() {
                 return Ok(()); // the sink failed; its error is reported below
             }
             pace(begin, written, max_bandwidth).await;
@@ -192,13 +195,36 @@ async fn unless_stalled<T>(
         .map_err(|_| anyhow!("stalled: no data from {url} for {}", format_duration(limit)))?
 }
 
+/// Bytes of src, in order, on their way to the temp file: hashed, and
+/// written there unless a delta fetch borrows them from the kept archive
+/// (a hole in the temp file until the archive is made whole).
+pub(crate) struct Chunk {
+    bytes: Vec<u8>,
+    write: bool,
+}
+
+impl Chunk {
+    /// Bytes to hash and write.
+    pub fn write(bytes: Vec<u8>) -> Self {
+        Chunk { bytes, write: true }
+    }
+
+    /// Bytes to hash, left out of the temp file.
+    pub fn borrowed(bytes: Vec<u8>) -> Self {
+        Chunk {
+            bytes,
+            write: false,
+        }
+    }
+}
+
 /// The temp file src is written to, and the thread pair that hashes and
 /// writes the chunks sent on `tx` (both the whole and the delta download).
 pub(crate) struct Sink {
     pub file: NamedTempFile,
     /// `file`'s path, for the log.
     pub path: String,
-    pub tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    pub tx: tokio::sync::mpsc::Sender<Chunk>,
     /// The verifier with every chunk hashed, once `tx` is dropped.
     pub sink: tokio::task::JoinHandle<std::io::Result<Verifier>>,
 }
@@ -211,7 +237,7 @@ impl Sink {
             .context("creating a temp file for src")?;
         let path = file.path().display().to_string();
         let out = file.reopen().context("reopening the temp file")?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(2);
         let sink = tokio::task::spawn_blocking(move || hash_and_write(rx, verifier, out));
         Ok(Sink {
             file,
@@ -246,22 +272,36 @@ impl Sink {
     }
 }
 
-/// Hashes each chunk and hands it to a writer thread.
+/// Hashes each chunk and hands it to a writer thread, which writes it or
+/// leaves a hole for it.
 fn hash_and_write(
-    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut chunks: tokio::sync::mpsc::Receiver<Chunk>,
     mut verifier: Verifier,
     mut out: std::fs::File,
 ) -> std::io::Result<Verifier> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    use std::io::{Seek, SeekFrom};
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, u64>>(2);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut end = 0u64;
         for chunk in rx {
-            out.write_all(&chunk)?;
+            match chunk {
+                Ok(bytes) => out.write_all(&bytes)?,
+                Err(hole) => {
+                    out.seek(SeekFrom::Current(hole as i64))?;
+                }
+            }
+            end = out.stream_position()?;
         }
-        Ok(())
+        // A hole at the end still counts in the file's length.
+        out.set_len(end)
     });
     while let Some(chunk) = chunks.blocking_recv() {
-        verifier.update(&chunk);
-        if tx.send(chunk).is_err() {
+        verifier.update(&chunk.bytes);
+        let out = match chunk.write {
+            true => Ok(chunk.bytes),
+            false => Err(chunk.bytes.len() as u64),
+        };
+        if tx.send(out).is_err() {
             break; // the writer failed: its error follows
         }
     }

@@ -365,13 +365,14 @@ async fn deploy(
     let download = cancellable(cancel, fetch::fetch(&m.src, &m.checksum, &options))
         .await
         .at(Step::Download)?;
-    facts.bytes = download.as_file().metadata().map_or(0, |m| m.len());
+    facts.bytes = download.size();
 
     hooks.run(Phase::Pre, &m.commands.pre).await.at(Step::Pre)?;
     interrupted(cancel).at(Step::Pre)?;
 
+    let download = std::sync::Arc::new(download);
     let (archive, src, checksum, dest) = (
-        download.path().to_path_buf(),
+        std::sync::Arc::clone(&download),
         m.src.clone(),
         m.checksum.clone(),
         Path::new(&m.dest).to_path_buf(),
@@ -396,8 +397,6 @@ async fn deploy(
     }
     let leftovers = placed.at(Step::Sync)??;
     drop(shown);
-    fetch::keep(&options, download.path());
-    drop(download);
     // From here on the new release is live: post, success and failure
     // hooks see it.
     if let Some(dir) = leftovers.release_dir() {
@@ -409,6 +408,14 @@ async fn deploy(
     interrupted(cancel).at(Step::Sync)?;
 
     let result = post_and_verify(m, hooks).await;
+    // Kept for the next delta fetch once the hooks ran: after a delta
+    // fetch this copies the reused members in, off the deploy's path.
+    let kept = options.kept;
+    let _ = blocking(move || {
+        fetch::keep(kept.as_ref(), &download);
+        Ok(())
+    })
+    .await;
     let rollback = verify::AutoRollback {
         dest: Path::new(&m.dest),
         release: leftovers.release_dir(),

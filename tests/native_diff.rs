@@ -489,6 +489,14 @@ fn place(
 ) -> Result<(), String> {
     let strategy = sync::from_name(strategy, settings.clone()).map_err(|e| format!("{e:#}"))?;
     let cancel = CancellationToken::new();
+    // As a deploy holds it: in a temp file of its own.
+    let mut temp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::io::copy(
+        &mut std::fs::File::open(archive).map_err(|e| e.to_string())?,
+        &mut temp,
+    )
+    .map_err(|e| e.to_string())?;
+    let archive = &stretcher::archive::Archive::new(temp).map_err(|e| e.to_string())?;
     let job = Job {
         archive,
         src: "file:///case.tar",

@@ -31,11 +31,13 @@ use crate::step::interrupted;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+mod file;
 mod owner;
 mod packed;
 mod stream;
 mod write;
 
+pub use file::{Archive, Borrowed, Span};
 pub(crate) use stream::{Kind, Member};
 use stream::{NotTar, TarStream};
 pub(crate) use write::set_mtime;
@@ -394,13 +396,13 @@ pub(crate) fn apply(archive: &Path, sink: &mut dyn Sink, cancel: &CancellationTo
 /// Any other archive (or one whose index cannot be read) is read as
 /// [`apply`] reads it.
 pub(crate) fn apply_indexed(
-    archive: &Path,
+    archive: &Archive,
     sink: &mut dyn Sink,
     cancel: &CancellationToken,
 ) -> Result<()> {
     match packed::Packed::open(archive) {
         Some(packed) => packed.apply(sink, cancel),
-        None => apply(archive, sink, cancel),
+        None => apply(archive.whole()?, sink, cancel),
     }
 }
 

@@ -9,15 +9,15 @@
 //! way to an entry's data is still checked against the index: a mismatch
 //! fails the run, naming the entry and the field.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use super::file::Layout;
 use super::stream::{sanitize, Kind, Member, TarStream};
 use super::{hand_over, interrupted, Sink, Source, Stream, MAX_MEMBERS};
 use crate::pack::{Entry, EntryType, Index};
@@ -28,18 +28,18 @@ const READ_AHEAD: usize = 32 << 10;
 
 /// A packed archive and its index.
 pub(super) struct Packed {
-    file: File,
+    layout: Layout,
     index: Arc<Index>,
 }
 
 impl Packed {
-    /// The archive at `path` with its index; `None` when it is not a
-    /// packed archive (or its index cannot be read).
-    pub fn open(path: &Path) -> Option<Packed> {
-        let file = File::open(path).ok()?;
-        let index = crate::pack::read_index(&file).ok()?;
+    /// `archive` with its index; `None` when it is not a packed archive
+    /// (or its index cannot be read).
+    pub fn open(archive: &super::Archive) -> Option<Packed> {
+        let layout = archive.layout();
+        let index = crate::pack::read_index(layout.temp()).ok()?;
         Some(Packed {
-            file,
+            layout,
             index: Arc::new(index),
         })
     }
@@ -47,7 +47,7 @@ impl Packed {
     /// Hands every entry of the index to `sink`, in archive order, with
     /// its data read from its gzip member when the sink asks for it.
     pub fn apply(self, sink: &mut dyn Sink, cancel: &CancellationToken) -> Result<()> {
-        let mut cursor = Cursor::new(self.file, Arc::clone(&self.index))?;
+        let mut cursor = Cursor::new(self.layout, Arc::clone(&self.index))?;
         let mut count = 0;
         for (n, entry) in self.index.entries().enumerate() {
             let m = member_of(&entry)?;
@@ -136,7 +136,7 @@ fn bytes_path(bytes: &[u8]) -> PathBuf {
 /// same member; one in a later member starts a new stream there. A stream
 /// reads its member's bytes and no more.
 pub(super) struct Cursor {
-    file: File,
+    layout: Layout,
     index: Arc<Index>,
     /// The number of the first entry each member holds the header of
     /// (`u32::MAX` for a member holding only the rest of a large file).
@@ -152,8 +152,8 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
-    fn new(file: File, index: Arc<Index>) -> Result<Self> {
-        let len = file.metadata().context("stat")?.len();
+    fn new(layout: Layout, index: Arc<Index>) -> Result<Self> {
+        let len = layout.temp().metadata().context("stat")?.len();
         ensure!(
             index.data_end() <= len,
             "the packed archive's index lists more bytes than it has"
@@ -173,7 +173,7 @@ impl Cursor {
             }
         }
         Ok(Cursor {
-            file,
+            layout,
             index,
             first_entry,
             entry: 0,
@@ -223,11 +223,8 @@ impl Cursor {
             .take_while(|first| **first == u32::MAX)
             .count();
         let end = members[n + run].end();
-        let mut file = self.file.try_clone().context("reading the archive")?;
-        file.seek(SeekFrom::Start(start))
-            .context("reading the archive")?;
         let counted = Counted {
-            inner: file.take(end - start),
+            inner: self.layout.range(start, end),
             read: Arc::clone(&self.read),
         };
         let gz =
@@ -286,6 +283,7 @@ mod tests {
     use crate::archive::Data;
     use crate::pack::{index_members, Footer, IndexBuilder, MemberRef};
     use std::io::Write;
+    use std::path::Path;
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -373,12 +371,19 @@ mod tests {
         }
     }
 
+    /// The archive at `path`, as a deploy holds it.
+    fn in_temp(path: &Path) -> crate::archive::Archive {
+        let mut temp = tempfile::NamedTempFile::new().unwrap();
+        temp.write_all(&std::fs::read(path).unwrap()).unwrap();
+        crate::archive::Archive::new(temp).unwrap()
+    }
+
     fn apply(path: &Path, read: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
         let mut sink = Reader {
             read,
             got: Vec::new(),
         };
-        let packed = Packed::open(path).ok_or_else(|| anyhow!("not packed"))?;
+        let packed = Packed::open(&in_temp(path)).ok_or_else(|| anyhow!("not packed"))?;
         packed.apply(&mut sink, &CancellationToken::new())?;
         Ok(sink.got)
     }
@@ -402,7 +407,7 @@ mod tests {
         // A plain copy of the same bytes is not a packed archive.
         let plain = dir.path().join("plain.tar.gz");
         std::fs::write(&plain, gzip(&[0u8; 1024])).unwrap();
-        assert!(Packed::open(&plain).is_none());
+        assert!(Packed::open(&in_temp(&plain)).is_none());
     }
 
     #[test]

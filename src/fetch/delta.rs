@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
-use super::{unless_stalled, Options, Sink};
+use super::{unless_stalled, Chunk, Options, Sink};
+use crate::archive::{Archive, Borrowed, Span};
 use crate::digest::Verifier;
 use crate::pack::{digest, Footer, Kept, MemberRef};
 use crate::source::{self, Range};
@@ -43,20 +43,24 @@ pub fn applies(url: &str) -> bool {
 /// A piece of the new archive, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
-    /// Bytes `at..at + len` of the kept archive.
-    Reuse { at: u64, len: u64 },
+    /// Bytes `at..at + len` of the kept archive, which go at `to` in the
+    /// new one.
+    Reuse { at: u64, len: u64, to: u64 },
     /// Members `first..last` of the new archive (`len` bytes), fetched in
     /// one request.
     Fetch { first: usize, last: usize, len: u64 },
 }
 
-/// The assembled, verified archive and the lowercase hex checksum.
+/// The assembled, verified archive and the lowercase hex checksum. The
+/// temp file holds the members fetched, the index and the footer; the
+/// members reused stay borrowed from the kept archive (hashed here all
+/// the same) until the archive is asked for whole.
 pub(super) async fn fetch(
     url: &str,
     checksum: &str,
     kept: &Kept,
     opts: &Options,
-) -> Result<(NamedTempFile, String)> {
+) -> Result<(Archive, String)> {
     let begin = Instant::now();
     let verifier = Verifier::new(checksum)?;
     let (old_file, old) = kept
@@ -77,6 +81,10 @@ pub(super) async fn fetch(
     let new = footer.index(&index_bytes)?.into_members();
     let segments = plan(&new, &old);
     drop(old); // planned: only the kept file is read from now on
+    let borrowed = Borrowed {
+        kept: old_file.try_clone().context("reading the kept archive")?,
+        spans: borrowed_spans(&segments),
+    };
 
     let Sink {
         file,
@@ -93,13 +101,13 @@ pub(super) async fn fetch(
                 let (wire, new, reused) = (&wire, &new, &reused);
                 async move {
                     match segment {
-                        Segment::Reuse { at, len } => {
+                        Segment::Reuse { at, len, .. } => {
                             reused.fetch_add(len, Ordering::Relaxed);
-                            read_kept(old_file, at, len).await
+                            read_kept(old_file, at, len).await.map(Chunk::borrowed)
                         }
                         Segment::Fetch { first, last, .. } => {
                             let members = &new[first..last];
-                            wire.members(url, members, etag).await
+                            wire.members(url, members, etag).await.map(Chunk::write)
                         }
                     }
                 }
@@ -111,7 +119,7 @@ pub(super) async fn fetch(
             }
         }
         for part in [index_bytes, tail.bytes] {
-            if tx.send(part).await.is_err() {
+            if tx.send(Chunk::write(part)).await.is_err() {
                 break;
             }
         }
@@ -123,14 +131,37 @@ pub(super) async fn fetch(
     assembled?;
     let sum = verifier.finish()?;
     let total = footer.index_offset + footer.index_len + Footer::LEN as u64;
+    let reused = reused.load(Ordering::Relaxed);
     log::info!(
         "Delta fetch: {} bytes over the wire in {} requests, {} bytes reused from the kept archive",
         comma(wire.bytes()),
         wire.requests(),
-        comma(reused.load(Ordering::Relaxed))
+        comma(reused)
     );
-    Sink::log_written(&path, total, begin);
-    Ok((file, sum))
+    Sink::log_written(&path, total - reused, begin);
+    Ok((Archive::borrowing(file, Some(borrowed))?, sum))
+}
+
+/// The bytes the plan reuses, as spans of the new archive borrowed from
+/// the kept one (pieces next to each other in both joined).
+fn borrowed_spans(segments: &[Segment]) -> Vec<Span> {
+    let mut spans: Vec<Span> = Vec::new();
+    for segment in segments {
+        let Segment::Reuse { at, len, to } = *segment else {
+            continue;
+        };
+        match spans.last_mut() {
+            Some(last) if last.at + last.len == to && last.from + last.len == at => {
+                last.len += len;
+            }
+            _ => spans.push(Span {
+                at: to,
+                len,
+                from: at,
+            }),
+        }
+    }
+    spans
 }
 
 /// Which members come from the kept archive (`old`) and which over the
@@ -149,12 +180,16 @@ fn plan(new: &[MemberRef], old: &[MemberRef]) -> Vec<Segment> {
     for (i, m) in new.iter().enumerate() {
         let len = u64::from(m.len);
         match (held(m).as_ref(), out.last_mut()) {
-            (Some(&at), Some(Segment::Reuse { at: a, len: l }))
+            (Some(&at), Some(Segment::Reuse { at: a, len: l, .. }))
                 if *a + *l == at && *l + len <= MAX_SEGMENT =>
             {
                 *l += len;
             }
-            (Some(&at), _) => out.push(Segment::Reuse { at, len }),
+            (Some(&at), _) => out.push(Segment::Reuse {
+                at,
+                len,
+                to: m.offset,
+            }),
             (None, Some(Segment::Fetch { last, len: l, .. })) if *l + len <= MAX_SEGMENT => {
                 *last = i + 1;
                 *l += len;
@@ -313,14 +348,49 @@ mod tests {
         assert_eq!(
             plan(new.members(), old.members()),
             [
-                Segment::Reuse { at: 0, len: 5 },
+                Segment::Reuse {
+                    at: 0,
+                    len: 5,
+                    to: 0
+                },
                 Segment::Fetch {
                     first: 2,
                     last: 4,
                     len: 4
                 },
-                Segment::Reuse { at: 9, len: 2 },
-                Segment::Reuse { at: 5, len: 4 },
+                Segment::Reuse {
+                    at: 9,
+                    len: 2,
+                    to: 9
+                },
+                Segment::Reuse {
+                    at: 5,
+                    len: 4,
+                    to: 11
+                },
+            ]
+        );
+        // Borrowed: 0..5 from 0, then 9..15 from 9 and 5 (not one span:
+        // not next to each other in the kept archive).
+        let spans = borrowed_spans(&plan(new.members(), old.members()));
+        assert_eq!(
+            spans,
+            [
+                Span {
+                    at: 0,
+                    len: 5,
+                    from: 0
+                },
+                Span {
+                    at: 9,
+                    len: 2,
+                    from: 9
+                },
+                Span {
+                    at: 11,
+                    len: 4,
+                    from: 5
+                },
             ]
         );
     }

@@ -32,7 +32,7 @@ pub use rsync::Rsync;
 /// A verified archive and where it goes.
 pub struct Job<'a> {
     /// The downloaded archive, its checksum verified.
-    pub archive: &'a Path,
+    pub archive: &'a archive::Archive,
     /// Its source URL, for messages.
     pub src: &'a str,
     /// Its checksum (hex), which names a release.
@@ -148,11 +148,11 @@ fn extract_to_scratch(job: &Job<'_>) -> Result<ScratchDir, Failure> {
 fn extract_into(job: &Job<'_>, dir: ScratchDir) -> Result<ScratchDir, Failure> {
     log::info!(
         "Extract archive: {} to {}",
-        job.archive.display(),
+        job.archive.path().display(),
         dir.path().display()
     );
-    archive::extract(job.archive, dir.path(), job.src, job.max_size, job.cancel)
-        .at(Step::Extract)?;
+    let whole = job.archive.whole().at(Step::Extract)?;
+    archive::extract(whole, dir.path(), job.src, job.max_size, job.cancel).at(Step::Extract)?;
     interrupted(job.cancel).at(Step::Extract)?;
     log::info!("Set dest mode {:04o}", job.dest_mode);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(job.dest_mode))

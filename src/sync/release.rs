@@ -68,7 +68,7 @@ impl Strategy for Release {
         log::info!(
             "Build release {} from {}{}",
             layout.dir.join(&name).display(),
-            job.archive.display(),
+            job.archive.path().display(),
             live.as_ref()
                 .map(|l| format!(", linking unchanged files from {}", l.display()))
                 .unwrap_or_default()

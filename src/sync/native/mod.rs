@@ -109,7 +109,7 @@ impl Strategy for Native {
         }
         log::info!(
             "Sync archive {} into {} (native)",
-            job.archive.display(),
+            job.archive.path().display(),
             job.dest.display()
         );
         stream(job, job.dest, excludes, Target::Dest)
@@ -258,7 +258,7 @@ struct Placer<'a> {
     /// before placing (see `prune.rs`): a directory in dest there goes.
     as_files: HashSet<PathBuf>,
     /// Directory metadata to apply at the end, by path ("" is dest).
-    dirs: BTreeMap<PathBuf, DirMeta>,
+    dirs: HashMap<PathBuf, DirMeta>,
     /// Directories known to be real directories in dest now.
     made: HashSet<PathBuf>,
     /// Directories this run created: all they hold is from this run, so
@@ -303,7 +303,7 @@ impl<'a> Placer<'a> {
         let ids = unsafe { (libc::geteuid(), libc::getegid()) };
         let root = ids.0 == 0;
         let umask = archive::umask();
-        let mut dirs = BTreeMap::new();
+        let mut dirs = HashMap::new();
         dirs.insert(
             PathBuf::new(),
             DirMeta {
@@ -362,7 +362,10 @@ impl<'a> Placer<'a> {
         if let Some(root) = self.dirs.get_mut(Path::new("")) {
             root.mode = dest_mode;
         }
-        for (rel, meta) in self.dirs.iter().rev() {
+        // Deepest first: a directory sorts before what it holds.
+        let mut dirs: Vec<_> = self.dirs.iter().collect();
+        dirs.sort_unstable_by(|a, b| b.0.cmp(a.0));
+        for (rel, meta) in dirs {
             let path = self.dest.join(rel);
             let Ok(now) = fs::symlink_metadata(&path) else {
                 continue;
