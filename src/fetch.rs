@@ -7,6 +7,8 @@ mod delta;
 
 use std::future::Future;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -154,7 +156,7 @@ async fn download_once(
             }
             written += buf.len() as u64;
             bar.add(buf.len() as u64);
-            if tx.send(Chunk::write(buf)).await.is_err() {
+            if tx.send(Chunk::Write(buf)).await.is_err() {
                 return Ok(()); // the sink failed; its error is reported below
             }
             pace(begin, written, max_bandwidth).await;
@@ -195,27 +197,18 @@ async fn unless_stalled<T>(
         .map_err(|_| anyhow!("stalled: no data from {url} for {}", format_duration(limit)))?
 }
 
-/// Bytes of src, in order, on their way to the temp file: hashed, and
-/// written there unless a delta fetch borrows them from the kept archive
-/// (a hole in the temp file until the archive is made whole).
-pub(crate) struct Chunk {
-    bytes: Vec<u8>,
-    write: bool,
-}
-
-impl Chunk {
+/// Bytes of src, in order, on their way to the temp file.
+pub(crate) enum Chunk {
     /// Bytes to hash and write.
-    pub fn write(bytes: Vec<u8>) -> Self {
-        Chunk { bytes, write: true }
-    }
-
-    /// Bytes to hash, left out of the temp file.
-    pub fn borrowed(bytes: Vec<u8>) -> Self {
-        Chunk {
-            bytes,
-            write: false,
-        }
-    }
+    Write(Vec<u8>),
+    /// `len` bytes at `at` of the kept archive, which a delta fetch
+    /// reuses: hashed (read there), and a hole in the temp file until the
+    /// archive is made whole.
+    Kept {
+        file: Arc<std::fs::File>,
+        at: u64,
+        len: u64,
+    },
 }
 
 /// The temp file src is written to, and the thread pair that hashes and
@@ -295,11 +288,25 @@ fn hash_and_write(
         // A hole at the end still counts in the file's length.
         out.set_len(end)
     });
+    let mut kept_buf = Vec::new();
     while let Some(chunk) = chunks.blocking_recv() {
-        verifier.update(&chunk.bytes);
-        let out = match chunk.write {
-            true => Ok(chunk.bytes),
-            false => Err(chunk.bytes.len() as u64),
+        let out = match chunk {
+            Chunk::Write(bytes) => {
+                verifier.update(&bytes);
+                Ok(bytes)
+            }
+            Chunk::Kept { file, at, len } => {
+                kept_buf.resize(CHUNK, 0);
+                let mut done = 0;
+                while done < len {
+                    let n = kept_buf.len().min((len - done) as usize);
+                    file.read_exact_at(&mut kept_buf[..n], at + done)
+                        .map_err(|e| std::io::Error::new(e.kind(), "reading the kept archive"))?;
+                    verifier.update(&kept_buf[..n]);
+                    done += n as u64;
+                }
+                Err(len)
+            }
         };
         if tx.send(out).is_err() {
             break; // the writer failed: its error follows

@@ -184,6 +184,10 @@ impl Compression {
 pub(crate) trait Sink {
     /// Places `m`, reading its data (if it wants it) from `data`.
     fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()>;
+
+    /// Told first when the archive's entry count is known (a packed
+    /// archive's index), to make room at once.
+    fn expect(&mut self, _entries: u64) {}
 }
 
 /// The decompressed tar stream every [`Sink`] reads from.

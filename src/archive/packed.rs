@@ -49,6 +49,7 @@ impl Packed {
     pub fn apply(self, sink: &mut dyn Sink, cancel: &CancellationToken) -> Result<()> {
         let mut cursor = Cursor::new(self.layout, Arc::clone(&self.index))?;
         let mut count = 0;
+        sink.expect(self.index.entry_count());
         for (n, entry) in self.index.entries().enumerate() {
             let m = member_of(&entry)?;
             cursor.entry = n as u64;

@@ -7,8 +7,6 @@
 //! manifest's checksum. Any miss is an error here: the caller falls back
 //! to the whole download.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +25,10 @@ use crate::units::comma;
 /// Ranged requests in flight at once.
 const PARALLEL: usize = 4;
 
-/// Most bytes one request (or one copy from the kept archive) carries,
-/// unless a single member is larger: bounds the memory in flight (a few
-/// pieces on their way to the temp file), as the whole download's chunk.
+/// Most bytes one request carries, unless a single member is larger:
+/// bounds the memory in flight (a few pieces on their way to the temp
+/// file), as the whole download's chunk. Bytes reused from the kept
+/// archive are read where they are hashed, a chunk at a time.
 const MAX_SEGMENT: u64 = 256 << 10;
 
 /// Whether a delta fetch can be tried for `url`: the schemes with ranged
@@ -103,11 +102,15 @@ pub(super) async fn fetch(
                     match segment {
                         Segment::Reuse { at, len, .. } => {
                             reused.fetch_add(len, Ordering::Relaxed);
-                            read_kept(old_file, at, len).await.map(Chunk::borrowed)
+                            Ok(Chunk::Kept {
+                                file: old_file,
+                                at,
+                                len,
+                            })
                         }
                         Segment::Fetch { first, last, .. } => {
                             let members = &new[first..last];
-                            wire.members(url, members, etag).await.map(Chunk::write)
+                            wire.members(url, members, etag).await.map(Chunk::Write)
                         }
                     }
                 }
@@ -119,7 +122,7 @@ pub(super) async fn fetch(
             }
         }
         for part in [index_bytes, tail.bytes] {
-            if tx.send(Chunk::write(part)).await.is_err() {
+            if tx.send(Chunk::Write(part)).await.is_err() {
                 break;
             }
         }
@@ -165,7 +168,9 @@ fn borrowed_spans(segments: &[Segment]) -> Vec<Span> {
 }
 
 /// Which members come from the kept archive (`old`) and which over the
-/// wire, merged into as few pieces as [`MAX_SEGMENT`] allows.
+/// wire: runs of members next to each other in the kept archive are
+/// one piece, and adjacent fetched members one request, as far as
+/// [`MAX_SEGMENT`] allows.
 fn plan(new: &[MemberRef], old: &[MemberRef]) -> Vec<Segment> {
     // Sorted by digest and length (a third of a hash map's memory).
     let mut have: Vec<(crate::pack::Digest, u32, u64)> =
@@ -180,9 +185,7 @@ fn plan(new: &[MemberRef], old: &[MemberRef]) -> Vec<Segment> {
     for (i, m) in new.iter().enumerate() {
         let len = u64::from(m.len);
         match (held(m).as_ref(), out.last_mut()) {
-            (Some(&at), Some(Segment::Reuse { at: a, len: l, .. }))
-                if *a + *l == at && *l + len <= MAX_SEGMENT =>
-            {
+            (Some(&at), Some(Segment::Reuse { at: a, len: l, .. })) if *a + *l == at => {
                 *l += len;
             }
             (Some(&at), _) => out.push(Segment::Reuse {
@@ -202,18 +205,6 @@ fn plan(new: &[MemberRef], old: &[MemberRef]) -> Vec<Segment> {
         }
     }
     out
-}
-
-/// `len` bytes at `at` of the kept archive.
-async fn read_kept(file: Arc<File>, at: u64, len: u64) -> Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; usize::try_from(len)?];
-        file.read_exact_at(&mut buf, at)
-            .context("reading the kept archive")?;
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| anyhow!("reading thread failed: {e}"))?
 }
 
 /// A ranged read's bytes.

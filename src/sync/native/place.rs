@@ -17,6 +17,11 @@ use super::{make_dest, DirMeta, Placer, Target};
 use crate::archive::{Data, Kind, Member, Sink};
 
 impl Sink for Placer<'_> {
+    fn expect(&mut self, entries: u64) {
+        self.seen
+            .reserve_total(usize::try_from(entries).unwrap_or(usize::MAX));
+    }
+
     fn member(&mut self, m: &Member, data: &mut Data<'_>) -> Result<()> {
         let rel = m.path.as_path();
         self.index += 1;
