@@ -566,6 +566,62 @@ fn a_deploy_user_gets_the_delta_too() {
     assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
 }
 
+/// After a delta fetch only the fetched bytes (members, index, footer)
+/// are written before the hooks; the members reused are read from the
+/// kept archive where they are, and copied in after the post hook, when
+/// the archive is kept. Every strategy places the same tree: rsync and
+/// mv ask for the archive whole first, native and release read the
+/// reused members by offset.
+#[test]
+fn every_strategy_places_a_delta_whose_reused_members_are_copied_in_after_post() {
+    for strategy in ["rsync", "mv", "native", "release"] {
+        let s = setup();
+        let server = Server::start();
+        let src = server.route("/app.tar.gz", Route::ok(s.v1.clone()));
+        let state = s.state();
+        let deploy = |data: &Vec<u8>| {
+            server.route("/app.tar.gz", Route::ok(data.clone()));
+            let extra =
+                format!("sync_strategy: {strategy}\ncommands:\n  post: [\"echo POST-HOOK\"]\n");
+            let url =
+                s.fx.manifest(&manifest_for(&s.fx, &src, &sha256(data), &extra));
+            s.fx.run(&url, &["--state-dir", state.as_str()], &[]).ok()
+        };
+        deploy(&s.v1);
+        if strategy == "mv" {
+            // mv renames into a dest that is not there (as upstream's).
+            std::fs::remove_dir_all(s.fx.dest()).unwrap();
+        }
+        let log = deploy(&s.v2);
+        let (wire, reused) = delta_line(&log);
+        assert!(reused > wire * 4, "{strategy}: {log}");
+        let written = log
+            .lines()
+            .find_map(|l| l.split(" Wrote ").nth(1))
+            .and_then(|w| w.split(' ').next())
+            .map(|n| n.replace(',', "").parse::<u64>().unwrap());
+        assert_eq!(
+            written,
+            Some(wire),
+            "{strategy}: only the fetched bytes:\n{log}"
+        );
+        let post = log.find("POST-HOOK").unwrap();
+        let kept = log.find("Kept the packed archive").unwrap();
+        assert!(post < kept, "{strategy}: kept after post:\n{log}");
+        assert_eq!(
+            s.kept().as_deref(),
+            Some(&s.v2[..]),
+            "{strategy}: kept whole"
+        );
+        if matches!(strategy, "native" | "release") {
+            let (read, total) = inflated(&log);
+            assert!(read * 4 < total, "{strategy}: inflated {read} of {total}");
+        }
+        assert_v2(&s);
+        s.fx.assert_no_temp_files();
+    }
+}
+
 /// The placement log line's numbers: compressed bytes inflated and the
 /// archive's data bytes.
 fn inflated(log: &str) -> (u64, u64) {
