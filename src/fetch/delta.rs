@@ -23,7 +23,7 @@ use crate::source::{self, Range};
 use crate::units::comma;
 
 /// Ranged requests in flight at once.
-const PARALLEL: usize = 4;
+const PARALLEL: usize = 8;
 
 /// Most bytes one request carries, unless a single member is larger:
 /// bounds the memory in flight (a few pieces on their way to the temp
@@ -65,7 +65,6 @@ pub(super) async fn fetch(
     let (old_file, old) = kept
         .open()?
         .ok_or_else(|| anyhow!("no packed archive kept for {}", kept.dest()))?;
-    let old = old.into_members();
     let wire = Wire::new(opts.max_bandwidth, super::stall_limit(opts));
     let tail = wire
         .read(url, Range::Suffix(Footer::LEN as u64), None)
@@ -77,7 +76,7 @@ pub(super) async fn fetch(
         .read(url, Range::Bounded(footer.index_offset, end), etag)
         .await?
         .bytes;
-    let new = footer.index(&index_bytes)?.into_members();
+    let new = footer.members(&index_bytes)?;
     let segments = plan(&new, &old);
     drop(old); // planned: only the kept file is read from now on
     let borrowed = Borrowed {
@@ -94,31 +93,39 @@ pub(super) async fn fetch(
     let old_file = Arc::new(old_file);
     let reused = AtomicU64::new(0);
     let assembled: Result<()> = async {
-        let mut pieces = futures_util::stream::iter(segments)
-            .map(|segment| {
+        // Each request goes with the reused pieces before it, so that the
+        // requests in flight are PARALLEL however the pieces alternate.
+        let mut pieces = futures_util::stream::iter(with_requests(segments))
+            .map(|run| {
                 let old_file = Arc::clone(&old_file);
                 let (wire, new, reused) = (&wire, &new, &reused);
                 async move {
-                    match segment {
-                        Segment::Reuse { at, len, .. } => {
-                            reused.fetch_add(len, Ordering::Relaxed);
-                            Ok(Chunk::Kept {
-                                file: old_file,
-                                at,
-                                len,
-                            })
-                        }
-                        Segment::Fetch { first, last, .. } => {
-                            let members = &new[first..last];
-                            wire.members(url, members, etag).await.map(Chunk::Write)
-                        }
+                    let mut chunks = Vec::with_capacity(run.len());
+                    for segment in run {
+                        chunks.push(match segment {
+                            Segment::Reuse { at, len, .. } => {
+                                reused.fetch_add(len, Ordering::Relaxed);
+                                Chunk::Kept {
+                                    file: Arc::clone(&old_file),
+                                    at,
+                                    len,
+                                }
+                            }
+                            Segment::Fetch { first, last, .. } => {
+                                let members = &new[first..last];
+                                Chunk::Write(wire.members(url, members, etag).await?)
+                            }
+                        });
                     }
+                    anyhow::Ok(chunks)
                 }
             })
             .buffered(PARALLEL);
-        while let Some(bytes) = pieces.try_next().await? {
-            if tx.send(bytes).await.is_err() {
-                break; // the sink failed; its error is reported below
+        'sending: while let Some(chunks) = pieces.try_next().await? {
+            for chunk in chunks {
+                if tx.send(chunk).await.is_err() {
+                    break 'sending; // the sink failed; its error is reported below
+                }
             }
         }
         for part in [index_bytes, tail.bytes] {
@@ -143,6 +150,23 @@ pub(super) async fn fetch(
     );
     Sink::log_written(&path, total - reused, begin);
     Ok((Archive::borrowing(file, Some(borrowed))?, sum))
+}
+
+/// The plan cut after each request: runs of reused pieces, each ending
+/// with the request after them (the last run may have none).
+fn with_requests(segments: Vec<Segment>) -> Vec<Vec<Segment>> {
+    let mut runs = vec![Vec::new()];
+    for segment in segments {
+        let request = matches!(segment, Segment::Fetch { .. });
+        if let Some(run) = runs.last_mut() {
+            run.push(segment);
+        }
+        if request {
+            runs.push(Vec::new());
+        }
+    }
+    runs.retain(|run| !run.is_empty());
+    runs
 }
 
 /// The bytes the plan reuses, as spans of the new archive borrowed from

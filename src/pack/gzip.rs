@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Result};
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use sha2::{Digest as _, Sha256};
 
-use super::index::Index;
+use super::index::{Index, MemberRef};
 
 const FOOTER_MAGIC: &[u8; 8] = b"strpack1";
 const FOOTER_ID: [u8; 2] = *b"SF";
@@ -200,6 +200,22 @@ impl Footer {
     /// The index from its members' bytes (`index_len` of them, read at
     /// `index_offset`), checked against this footer.
     pub fn index(&self, members: &[u8]) -> Result<Index> {
+        let index = Index::decode(self.deflated(members)?)?;
+        self.ends_at_index(index.members())?;
+        Ok(index)
+    }
+
+    /// The data members the index lists, its entries left unread (what a
+    /// delta fetch needs), checked against this footer.
+    pub fn members(&self, members: &[u8]) -> Result<Vec<MemberRef>> {
+        let listed = super::index::decode_members(&self.deflated(members)?)?;
+        self.ends_at_index(&listed)?;
+        Ok(listed)
+    }
+
+    /// The deflated index the index members carry, checked against this
+    /// footer's length and digest.
+    fn deflated(&self, members: &[u8]) -> Result<Vec<u8>> {
         ensure!(
             members.len() as u64 == self.index_len,
             "the index is {} bytes, the footer says {}",
@@ -217,14 +233,18 @@ impl Footer {
             deflated.extend_from_slice(payload);
             rest = after;
         }
-        let index = Index::decode(deflated)?;
+        Ok(deflated)
+    }
+
+    /// Fails unless the data members `listed` end where the index starts.
+    fn ends_at_index(&self, listed: &[MemberRef]) -> Result<()> {
+        let end = listed.last().map_or(0, MemberRef::end);
         ensure!(
-            index.data_end() == self.index_offset,
-            "the index's members end at {}, its footer says {}",
-            index.data_end(),
+            end == self.index_offset,
+            "the index's members end at {end}, its footer says {}",
             self.index_offset
         );
-        Ok(index)
+        Ok(())
     }
 }
 

@@ -165,12 +165,6 @@ impl Index {
         &self.members
     }
 
-    /// The data members alone, the entries dropped (what a delta fetch
-    /// needs of an index).
-    pub fn into_members(self) -> Vec<MemberRef> {
-        self.members
-    }
-
     /// Where the data members end: the index members start there.
     pub fn data_end(&self) -> u64 {
         self.members.last().map_or(0, MemberRef::end)
@@ -197,38 +191,7 @@ impl Index {
     /// Decodes what [`Index::deflated`] gives, checking every entry once.
     pub fn decode(deflated: Vec<u8>) -> Result<Index> {
         let mut r = Reader::inflating(&deflated);
-        ensure!(
-            r.bytes(MAGIC.len())? == MAGIC,
-            "not a packed archive index (bad magic)"
-        );
-        let version = r.byte()?;
-        ensure!(
-            version == VERSION,
-            "index version {version} is not supported"
-        );
-        let count = r.varint()?;
-        // Each member takes a length and a digest.
-        ensure!(
-            count <= MAX_ENCODED / (DIGEST_LEN as u64 + 1),
-            "member count {count} is too large"
-        );
-        let mut members = Vec::with_capacity(count.min(1 << 16) as usize);
-        let mut offset = 0u64;
-        for _ in 0..count {
-            let len = u32::try_from(r.varint()?)
-                .ok()
-                .filter(|len| *len <= MAX_MEMBER_LEN)
-                .ok_or_else(|| anyhow!("a member of the index is too long"))?;
-            members.push(MemberRef {
-                offset,
-                len,
-                digest: [0; DIGEST_LEN],
-            });
-            offset += u64::from(len);
-        }
-        for m in &mut members {
-            m.digest.copy_from_slice(&r.bytes(DIGEST_LEN)?);
-        }
+        let members = decode_members_from(&mut r)?;
         let entry_count = r.varint()?;
         let entries_at = r.read;
         let mut entries = Entries::new(r, entry_count);
@@ -255,6 +218,48 @@ impl Index {
             entries_at,
         })
     }
+}
+
+/// The data members an encoded index lists, its entries left unread
+/// (what a delta fetch needs of an index).
+pub fn decode_members(deflated: &[u8]) -> Result<Vec<MemberRef>> {
+    decode_members_from(&mut Reader::inflating(deflated))
+}
+
+fn decode_members_from(r: &mut Reader<Inflating<'_>>) -> Result<Vec<MemberRef>> {
+    ensure!(
+        r.bytes(MAGIC.len())? == MAGIC,
+        "not a packed archive index (bad magic)"
+    );
+    let version = r.byte()?;
+    ensure!(
+        version == VERSION,
+        "index version {version} is not supported"
+    );
+    let count = r.varint()?;
+    // Each member takes a length and a digest.
+    ensure!(
+        count <= MAX_ENCODED / (DIGEST_LEN as u64 + 1),
+        "member count {count} is too large"
+    );
+    let mut members = Vec::with_capacity(count.min(1 << 16) as usize);
+    let mut offset = 0u64;
+    for _ in 0..count {
+        let len = u32::try_from(r.varint()?)
+            .ok()
+            .filter(|len| *len <= MAX_MEMBER_LEN)
+            .ok_or_else(|| anyhow!("a member of the index is too long"))?;
+        members.push(MemberRef {
+            offset,
+            len,
+            digest: [0; DIGEST_LEN],
+        });
+        offset += u64::from(len);
+    }
+    for m in &mut members {
+        m.digest.copy_from_slice(&r.bytes(DIGEST_LEN)?);
+    }
+    Ok(members)
 }
 
 /// The entries of an [`Index`], inflated and decoded one at a time.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::{read_index, Index};
+use super::{read_index, read_members, MemberRef};
 
 const DIR: &str = "packed";
 
@@ -39,16 +39,17 @@ impl Kept {
         &self.dest
     }
 
-    /// The kept archive and its index; `None` when none is kept.
-    pub fn open(&self) -> Result<Option<(File, Index)>> {
+    /// The kept archive and the data members its index lists; `None`
+    /// when none is kept.
+    pub fn open(&self) -> Result<Option<(File, Vec<MemberRef>)>> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
         };
-        let index =
-            read_index(&file).with_context(|| format!("reading {}", self.path.display()))?;
-        Ok(Some((file, index)))
+        let members =
+            read_members(&file).with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(Some((file, members)))
     }
 
     /// Keeps `archive` (verified against the manifest's checksum) when it

@@ -33,6 +33,20 @@ pub use writer::{pack, Options, Summary, MAX_MEMBER_SIZE, SPLIT};
 /// Reads the index of the packed archive in `file`: its footer, then the
 /// index members it points at. An error when `file` is not one.
 pub fn read_index(file: &File) -> Result<Index> {
+    let (footer, members) = read_tail(file)?;
+    footer.index(&members)
+}
+
+/// The data members the index of the packed archive in `file` lists, its
+/// entries left unread (what a delta fetch needs of a kept archive).
+pub fn read_members(file: &File) -> Result<Vec<MemberRef>> {
+    let (footer, members) = read_tail(file)?;
+    footer.members(&members)
+}
+
+/// The footer of the packed archive in `file` and the index members it
+/// points at.
+fn read_tail(file: &File) -> Result<(Footer, Vec<u8>)> {
     let total = file.metadata().context("stat")?.len();
     let footer_len = Footer::LEN as u64;
     anyhow::ensure!(total >= footer_len, "no packed-archive footer");
@@ -44,7 +58,7 @@ pub fn read_index(file: &File) -> Result<Index> {
     let mut members = vec![0u8; len];
     file.read_exact_at(&mut members, footer.index_offset)
         .context("reading the index")?;
-    footer.index(&members)
+    Ok((footer, members))
 }
 
 /// Checks the data members of the packed archive in `file` against its
