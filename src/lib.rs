@@ -408,14 +408,17 @@ async fn deploy(
     interrupted(cancel).at(Step::Sync)?;
 
     let result = post_and_verify(m, hooks).await;
-    // Kept for the next delta fetch once the hooks ran: after a delta
-    // fetch this copies the reused members in, off the deploy's path.
-    let kept = options.kept;
-    let _ = blocking(move || {
-        fetch::keep(kept.as_ref(), &download);
-        Ok(())
-    })
-    .await;
+    // Kept for the next delta fetch once the hooks ran, whatever they
+    // returned (dest has it): after a delta fetch this copies the reused
+    // members in, off the deploy's path. Not after a signal.
+    if !cancel.is_cancelled() {
+        let kept = options.kept;
+        let _ = blocking(move || {
+            fetch::keep(kept.as_ref(), &download);
+            Ok(())
+        })
+        .await;
+    }
     let rollback = verify::AutoRollback {
         dest: Path::new(&m.dest),
         release: leftovers.release_dir(),

@@ -622,6 +622,52 @@ fn every_strategy_places_a_delta_whose_reused_members_are_copied_in_after_post()
     }
 }
 
+/// The reused members are read from the kept archive after the pre hook:
+/// one changed on disk since it was hashed (here zeroed by the pre hook)
+/// fails the deploy instead of placing bytes nobody verified.
+#[test]
+fn a_kept_archive_changed_after_the_checksum_fails_rather_than_being_placed() {
+    for strategy in ["native", "rsync"] {
+        let s = setup();
+        let server = Server::start();
+        let src = server.route("/app.tar.gz", Route::ok(s.v1.clone()));
+        let state = s.state();
+        let deploy = |data: &Vec<u8>, pre: &str| {
+            server.route("/app.tar.gz", Route::ok(data.clone()));
+            let extra = format!("sync_strategy: {strategy}\ncommands:\n  pre: [{pre:?}]\n");
+            let url =
+                s.fx.manifest(&manifest_for(&s.fx, &src, &sha256(data), &extra));
+            s.fx.run(&url, &["--state-dir", state.as_str()], &[])
+        };
+        deploy(&s.v1, "true").ok();
+        // native must read this file's member (unchanged in v2) again.
+        let touched = s.fx.dest().join("lib/d05/f005.rb");
+        std::fs::write(&touched, b"changed by hand").unwrap();
+        let kept = std::fs::read_dir(s.fx.path("state/packed"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "gz"))
+            .unwrap();
+        let blocks = s.v1.len() / 4096;
+        let zero = format!(
+            "dd if=/dev/zero of={} bs=4096 count={blocks} conv=notrunc",
+            kept.display()
+        );
+        let log = deploy(&s.v2, &zero).failed();
+        assert!(log.contains("Delta fetch: "), "{strategy}: {log}");
+        assert!(
+            log.contains("the kept archive changed since it was hashed"),
+            "{strategy}: {log}"
+        );
+        let now = std::fs::read(&touched).unwrap();
+        assert_eq!(
+            now, b"changed by hand",
+            "{strategy}: nothing unverified placed"
+        );
+        s.fx.assert_no_temp_files();
+    }
+}
+
 /// The placement log line's numbers: compressed bytes inflated and the
 /// archive's data bytes.
 fn inflated(log: &str) -> (u64, u64) {

@@ -1,23 +1,31 @@
 //! The archive a deploy places: its verified temp file. After a delta
 //! fetch (SPEC 8.9) the gzip members reused from the archive kept for
-//! the dest are not in the temp file yet (holes there): a read by offset
-//! takes them from the kept archive, and [`Archive::whole`] copies them
-//! in for the readers that stream the whole file and for keeping it. A
-//! redeploy that changed little then writes little before its hooks.
+//! the dest are not in the temp file yet (holes there). A member is
+//! copied in from the kept archive when it is first read: `native` and
+//! `release` read few of them; rsync, mv and keeping the archive ask for
+//! it whole ([`Archive::whole`]). A redeploy that changed little then
+//! writes little before its hooks.
+//!
+//! The kept archive lies outside the temp file: it may have changed since
+//! it was hashed. So each member copied in is checked against its digest
+//! in the index, which is in the temp file and under the checksum: what
+//! is read is what was verified, or the read fails.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
+use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
+
+use crate::pack::{MemberRef, DIGEST_LEN};
 
 /// A verified archive in its temp file (removed when dropped).
 pub struct Archive {
     temp: NamedTempFile,
-    layout: Mutex<Layout>,
+    layout: Layout,
 }
 
 /// Bytes of the archive that are still only in the kept archive.
@@ -25,7 +33,7 @@ pub struct Archive {
 pub struct Borrowed {
     /// The kept archive, open (it may be replaced meanwhile).
     pub kept: File,
-    /// In archive order, not overlapping.
+    /// In archive order, not overlapping; each a run of whole members.
     pub spans: Vec<Span>,
 }
 
@@ -47,12 +55,12 @@ impl Span {
     }
 }
 
-/// Where each byte of the archive is read from: the temp file, or the
-/// kept archive for the spans borrowed from it.
+/// The temp file, and what of it is still borrowed (shared by the
+/// archive and its readers).
 #[derive(Clone)]
 pub(super) struct Layout {
     temp: Arc<File>,
-    borrowed: Option<Arc<(File, Vec<Span>)>>,
+    borrowed: Arc<Mutex<Option<Borrowed>>>,
 }
 
 impl Archive {
@@ -64,15 +72,13 @@ impl Archive {
     /// The archive in `temp`, but for the spans of `borrowed`.
     pub fn borrowing(temp: NamedTempFile, borrowed: Option<Borrowed>) -> Result<Self> {
         let file = temp.reopen().context("reopening the temp file")?;
-        let borrowed = borrowed
-            .filter(|b| !b.spans.is_empty())
-            .map(|b| Arc::new((b.kept, b.spans)));
+        let borrowed = borrowed.filter(|b| !b.spans.is_empty());
         Ok(Archive {
             temp,
-            layout: Mutex::new(Layout {
+            layout: Layout {
                 temp: Arc::new(file),
-                borrowed,
-            }),
+                borrowed: Arc::new(Mutex::new(borrowed)),
+            },
         })
     }
 
@@ -87,128 +93,113 @@ impl Archive {
         self.temp.as_file().metadata().map_or(0, |m| m.len())
     }
 
-    /// The temp file holding every byte of the archive: the borrowed
-    /// spans are copied in first (once).
+    /// The temp file holding every byte of the archive: the members still
+    /// borrowed are copied in first, each checked against the index.
     pub fn whole(&self) -> Result<&Path> {
-        let mut layout = self.layout.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(borrowed) = &layout.borrowed {
-            let (kept, spans) = &**borrowed;
-            let mut buf = vec![0u8; COPY_CHUNK];
-            for span in spans {
-                copy_span(kept, &layout.temp, span, &mut buf)
-                    .with_context(|| format!("filling in {}", self.path().display()))?;
-            }
-            layout.borrowed = None;
+        if self.layout.borrowing() {
+            let members = crate::pack::read_members(&self.layout.temp)
+                .with_context(|| format!("reading the index of {}", self.path().display()))?;
+            self.layout.fill(0, u64::MAX, &members)?;
         }
         Ok(self.path())
     }
 
-    /// Where each byte is read from, as of now.
+    /// The temp file and what of it is borrowed, for readers by offset.
     pub(super) fn layout(&self) -> Layout {
-        self.layout
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.layout.clone()
     }
 }
 
-/// Bytes copied at a time when the borrowed spans are filled in.
+/// Bytes copied at a time when a member is filled in.
 const COPY_CHUNK: usize = 256 << 10;
 
-fn copy_span(kept: &File, temp: &File, span: &Span, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < span.len {
-        let n = buf.len().min((span.len - done) as usize);
-        kept.read_exact_at(&mut buf[..n], span.from + done)?;
-        temp.write_all_at(&buf[..n], span.at + done)?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
 impl Layout {
-    /// The temp file (the index and the footer are always there).
+    /// The temp file. The index and the footer are always there; other
+    /// bytes after [`Layout::fill`] for them.
     pub fn temp(&self) -> &File {
         &self.temp
     }
 
-    /// A reader of bytes `start..end` of the archive.
-    pub fn range(&self, start: u64, end: u64) -> RangeReader {
-        let mut pieces = Vec::new();
-        let mut at = start;
-        if let Some(borrowed) = &self.borrowed {
-            let spans = &borrowed.1;
-            let first = spans.partition_point(|s| s.end() <= start);
-            for s in spans[first..].iter().take_while(|s| s.at < end) {
-                if at < s.at {
-                    pieces.push(Piece::temp(&self.temp, at, s.at));
-                }
-                let (from, to) = (at.max(s.at), end.min(s.end()));
-                pieces.push(Piece {
-                    file: Source::Kept(Arc::clone(borrowed)),
-                    at: s.from + (from - s.at),
-                    left: to - from,
-                });
-                at = to;
-            }
-        }
-        if at < end {
-            pieces.push(Piece::temp(&self.temp, at, end));
-        }
-        pieces.reverse();
-        RangeReader { pieces }
+    fn borrowing(&self) -> bool {
+        self.lock().is_some()
     }
-}
 
-/// Reads a range of the archive, piece by piece, by offset.
-pub(super) struct RangeReader {
-    /// Still to read, the next one last.
-    pieces: Vec<Piece>,
-}
-
-struct Piece {
-    file: Source,
-    at: u64,
-    left: u64,
-}
-
-enum Source {
-    Temp(Arc<File>),
-    Kept(Arc<(File, Vec<Span>)>),
-}
-
-impl Piece {
-    fn temp(file: &Arc<File>, start: u64, end: u64) -> Piece {
-        Piece {
-            file: Source::Temp(Arc::clone(file)),
-            at: start,
-            left: end - start,
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Borrowed>> {
+        self.borrowed.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl Read for RangeReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while let Some(piece) = self.pieces.last_mut() {
-            if piece.left == 0 {
-                self.pieces.pop();
-                continue;
-            }
-            let want = buf.len().min(piece.left as usize);
-            let file = match &piece.file {
-                Source::Temp(f) => &**f,
-                Source::Kept(b) => &b.0,
+    /// Makes bytes `start..end` of the archive present in the temp file:
+    /// each borrowed member among `members` (the index's, in order) that
+    /// they touch is copied in from the kept archive and checked against
+    /// its digest. A member that does not match fails the read.
+    pub fn fill(&self, start: u64, end: u64, members: &[MemberRef]) -> Result<()> {
+        let mut guard = self.lock();
+        let Some(borrowed) = guard.as_mut() else {
+            return Ok(());
+        };
+        let first = members.partition_point(|m| m.end() <= start);
+        let mut buf = Vec::new();
+        for m in members[first..].iter().take_while(|m| m.offset < end) {
+            let i = borrowed.spans.partition_point(|s| s.end() <= m.offset);
+            let Some(span) = borrowed.spans.get(i).copied().filter(|s| s.at <= m.offset) else {
+                continue; // fetched, or filled in already
             };
-            let n = file.read_at(&mut buf[..want], piece.at)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            piece.at += n as u64;
-            piece.left -= n as u64;
-            return Ok(n);
+            ensure!(
+                m.end() <= span.end(),
+                "a borrowed span ends inside member at byte {}",
+                m.offset
+            );
+            let from = span.from + (m.offset - span.at);
+            copy_member(&borrowed.kept, &self.temp, m, from, &mut buf)?;
+            // What is left of the span: before and after the member.
+            let after = Span {
+                at: m.end(),
+                len: span.end() - m.end(),
+                from: from + u64::from(m.len),
+            };
+            let before = Span {
+                len: m.offset - span.at,
+                ..span
+            };
+            let rest: Vec<Span> = [before, after].into_iter().filter(|s| s.len > 0).collect();
+            borrowed.spans.splice(i..=i, rest);
         }
-        Ok(0)
+        if borrowed.spans.is_empty() {
+            *guard = None;
+        }
+        Ok(())
     }
+}
+
+/// Copies member `m` from `from` in the kept archive to its place in the
+/// temp file, checking its digest on the way.
+fn copy_member(
+    kept: &File,
+    temp: &File,
+    m: &MemberRef,
+    from: u64,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    buf.resize(COPY_CHUNK, 0);
+    let mut hash = Sha256::new();
+    let mut done = 0u64;
+    let len = u64::from(m.len);
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        kept.read_exact_at(&mut buf[..n], from + done)
+            .context("reading the kept archive")?;
+        hash.update(&buf[..n]);
+        temp.write_all_at(&buf[..n], m.offset + done)
+            .context("writing the temp file")?;
+        done += n as u64;
+    }
+    ensure!(
+        hash.finalize()[..DIGEST_LEN] == m.digest,
+        "the kept archive changed since it was hashed: the member at byte {} no longer \
+         matches the index",
+        m.offset
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -216,67 +207,63 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// An archive of `0..=99` whose bytes 10..30 and 50..60 are borrowed
-    /// from a kept file holding them at 100 and 0.
-    fn borrowing() -> (Archive, NamedTempFile) {
-        let all: Vec<u8> = (0..100).collect();
+    /// An archive of members "aaaa", "bbbbbb", "cc", "dddd" whose second
+    /// and fourth are borrowed from a kept file holding them at 10 and 0,
+    /// and the members as its index lists them.
+    fn borrowing(kept_bytes: &[u8]) -> (Archive, Vec<MemberRef>, NamedTempFile) {
+        let mut members: Vec<MemberRef> = Vec::new();
+        for m in [&b"aaaa"[..], b"bbbbbb", b"cc", b"dddd"] {
+            members.push(MemberRef::after(members.last(), m).unwrap());
+        }
         let mut temp = NamedTempFile::new().unwrap();
-        let mut with_holes = all.clone();
-        with_holes[10..30].fill(0xee);
-        with_holes[50..60].fill(0xee);
-        temp.write_all(&with_holes).unwrap();
+        temp.write_all(b"aaaa\0\0\0\0\0\0cc\0\0\0\0").unwrap();
         let mut kept = NamedTempFile::new().unwrap();
-        let mut k = vec![0u8; 120];
-        k[..10].copy_from_slice(&all[50..60]);
-        k[100..120].copy_from_slice(&all[10..30]);
-        kept.write_all(&k).unwrap();
+        kept.write_all(kept_bytes).unwrap();
         let borrowed = Borrowed {
             kept: kept.reopen().unwrap(),
             spans: vec![
                 Span {
-                    at: 10,
-                    len: 20,
-                    from: 100,
+                    at: 4,
+                    len: 6,
+                    from: 10,
                 },
                 Span {
-                    at: 50,
-                    len: 10,
+                    at: 12,
+                    len: 4,
                     from: 0,
                 },
             ],
         };
-        (Archive::borrowing(temp, Some(borrowed)).unwrap(), kept)
+        let archive = Archive::borrowing(temp, Some(borrowed)).unwrap();
+        (archive, members, kept)
     }
 
-    fn read(a: &Archive, start: u64, end: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        a.layout().range(start, end).read_to_end(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn a_range_reads_borrowed_spans_from_the_kept_archive() {
-        let (a, _kept) = borrowing();
-        let all: Vec<u8> = (0..100).collect();
-        for (s, e) in [
-            (0, 100),
-            (5, 15),
-            (12, 28),
-            (29, 51),
-            (55, 100),
-            (60, 61),
-            (0, 0),
-        ] {
-            assert_eq!(read(&a, s, e), &all[s as usize..e as usize], "{s}..{e}");
-        }
+    fn temp_bytes(a: &Archive) -> Vec<u8> {
+        std::fs::read(a.path()).unwrap()
     }
 
     #[test]
-    fn whole_fills_the_temp_file_in() {
-        let (a, _kept) = borrowing();
-        let path = a.whole().unwrap().to_path_buf();
-        assert_eq!(std::fs::read(path).unwrap(), (0..100).collect::<Vec<u8>>());
-        assert_eq!(read(&a, 0, 100), (0..100).collect::<Vec<u8>>());
-        a.whole().unwrap();
+    fn a_read_fills_in_only_the_members_it_touches() {
+        let (a, members, _kept) = borrowing(b"dddd000000bbbbbb");
+        a.layout().fill(12, 16, &members).unwrap();
+        assert_eq!(temp_bytes(&a), b"aaaa\0\0\0\0\0\0ccdddd");
+        assert!(a.layout().borrowing());
+        // As `whole` does, with the members of the archive's index.
+        a.layout().fill(0, u64::MAX, &members).unwrap();
+        assert_eq!(temp_bytes(&a), b"aaaabbbbbbccdddd");
+        assert!(!a.layout().borrowing());
+        a.layout().fill(0, u64::MAX, &members).unwrap();
+    }
+
+    #[test]
+    fn a_kept_archive_changed_since_it_was_hashed_fails_the_read() {
+        let (a, members, _kept) = borrowing(b"dddd000000bbbXbb");
+        let e = a.layout().fill(0, 16, &members).unwrap_err();
+        assert!(
+            e.to_string().contains("the member at byte 4 no longer"),
+            "{e}"
+        );
+        let (a, members, _kept) = borrowing(b"dddd");
+        assert!(a.layout().fill(4, 10, &members).is_err(), "cut short");
     }
 }

@@ -1,7 +1,9 @@
 //! The last verified packed archive deployed to a dest, kept under
 //! `<state dir>/packed/` (one file per dest, named by a hash of the dest's
 //! resolved path) for the next delta fetch to reuse members from. Only
-//! packed archives are kept; each successful deploy of one replaces it.
+//! packed archives are kept; each deploy that placed one replaces it
+//! after its post hooks (whatever they returned), unless a signal stopped
+//! the run.
 //! Runs on one dest hold its lock, so one run at a time reads or writes.
 
 use std::fs::File;

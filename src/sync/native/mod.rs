@@ -384,8 +384,9 @@ impl<'a> Placer<'a> {
                 fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode))
                     .with_context(|| format!("chmod {}", path.display()))?;
             }
+            // chown and chmod leave the mtime as `now` has it.
             if let Some(mtime) = meta.mtime {
-                if fs::symlink_metadata(&path)?.mtime() != mtime.unix_seconds() {
+                if now.mtime() != mtime.unix_seconds() {
                     archive::set_mtime(&path, mtime)
                         .with_context(|| format!("setting mtime of {}", path.display()))?;
                 }
