@@ -131,14 +131,29 @@ fn write(dir: &Path, out: File, opts: &Options, skip: Vec<(u64, u64)>) -> Result
     std::thread::scope(|scope| {
         let (raw_tx, raw_rx) = sync_channel::<Raw>(threads * 2);
         let (done_tx, done_rx) = sync_channel::<(u32, Result<Vec<u8>>)>(threads * 2);
+        // One token per member not yet written: the walk waits for one, so
+        // members a slow compressor holds up cannot pile up behind it.
+        let ahead = threads * 4;
+        let (token_tx, token_rx) = sync_channel::<()>(ahead);
+        for _ in 0..ahead {
+            let _ = token_tx.send(());
+        }
         let raw_rx = Arc::new(Mutex::new(raw_rx));
         for _ in 0..threads {
             let (rx, tx) = (Arc::clone(&raw_rx), done_tx.clone());
             scope.spawn(move || compress(&rx, &tx));
         }
         drop(done_tx);
-        let writer = scope.spawn(move || write_members(done_rx, out));
-        let walked = walk(dir, opts, skip, raw_tx);
+        let writer = scope.spawn(move || write_members(done_rx, out, token_tx));
+        let walked = walk(
+            dir,
+            opts,
+            skip,
+            Feed {
+                tx: raw_tx,
+                tokens: token_rx,
+            },
+        );
         let written = writer
             .join()
             .map_err(|_| anyhow!("the writer thread panicked"))?;
@@ -183,6 +198,7 @@ fn compress(rx: &Mutex<Receiver<Raw>>, tx: &SyncSender<(u32, Result<Vec<u8>>)>) 
 fn write_members(
     rx: Receiver<(u32, Result<Vec<u8>>)>,
     out: File,
+    tokens: SyncSender<()>,
 ) -> Result<(BufWriter<File>, Sha256, Vec<MemberRef>)> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut hash = Sha256::new();
@@ -194,6 +210,7 @@ fn write_members(
             members.push(MemberRef::after(members.last(), &bytes)?);
             hash.update(&bytes);
             out.write_all(&bytes).context("writing the archive")?;
+            let _ = tokens.try_send(()); // the walk may be over
         }
     }
     if !pending.is_empty() {
@@ -203,7 +220,13 @@ fn write_members(
 }
 
 /// Walks the tree into raw members; returns the index's entries.
-fn walk(dir: &Path, opts: &Options, skip: Vec<(u64, u64)>, tx: SyncSender<Raw>) -> Result<Builder> {
+/// Where the walk sends raw members, one token spent for each.
+struct Feed {
+    tx: SyncSender<Raw>,
+    tokens: Receiver<()>,
+}
+
+fn walk(dir: &Path, opts: &Options, skip: Vec<(u64, u64)>, tx: Feed) -> Result<Builder> {
     let split = SPLIT.max(opts.member_size) as u64;
     let mut cut = Cutter {
         buf: Vec::new(),
@@ -255,7 +278,7 @@ struct Cutter {
     buf: Vec<u8>,
     /// The number of the member being filled.
     seq: u32,
-    tx: SyncSender<Raw>,
+    tx: Feed,
 }
 
 impl Cutter {
@@ -266,6 +289,11 @@ impl Cutter {
         }
         let raw = std::mem::take(&mut self.buf);
         self.tx
+            .tokens
+            .recv()
+            .map_err(|_| anyhow!("the writer thread stopped"))?;
+        self.tx
+            .tx
             .send((self.seq, raw))
             .map_err(|_| anyhow!("the compressor threads stopped"))?;
         self.seq += 1;
