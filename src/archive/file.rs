@@ -139,6 +139,25 @@ impl Layout {
         };
         let first = members.partition_point(|m| m.end() <= start);
         let mut buf = Vec::new();
+        if start == 0 && end == u64::MAX {
+            // Everything, in one pass in order (no span split per member).
+            let mut spans = borrowed.spans.iter().peekable();
+            for m in members {
+                while spans.next_if(|s| s.end() <= m.offset).is_some() {}
+                let Some(span) = spans.peek().filter(|s| s.at <= m.offset) else {
+                    continue; // fetched
+                };
+                ensure!(
+                    m.end() <= span.end(),
+                    "a borrowed span ends inside member at byte {}",
+                    m.offset
+                );
+                let from = span.from + (m.offset - span.at);
+                copy_member(&borrowed.kept, &self.temp, m, from, &mut buf)?;
+            }
+            *guard = None;
+            return Ok(());
+        }
         for m in members[first..].iter().take_while(|m| m.offset < end) {
             let i = borrowed.spans.partition_point(|s| s.end() <= m.offset);
             let Some(span) = borrowed.spans.get(i).copied().filter(|s| s.at <= m.offset) else {
