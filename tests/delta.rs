@@ -668,6 +668,40 @@ fn a_kept_archive_changed_after_the_checksum_fails_rather_than_being_placed() {
     }
 }
 
+/// TMPDIR on tmpfs, the state dir on disk: the archive is kept by a copy
+/// (no hard link across filesystems), whole, and TMPDIR is left empty.
+#[test]
+fn a_delta_kept_across_filesystems_is_copied_whole() {
+    let s = setup();
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    let tmpdir = tmp.path().display().to_string();
+    let server = Server::start();
+    let src = server.route("/app.tar.gz", Route::ok(s.v1.clone()));
+    for (data, delta) in [(&s.v1, false), (&s.v2, true)] {
+        server.route("/app.tar.gz", Route::ok(data.clone()));
+        let url = s.fx.manifest(&manifest_for(
+            &s.fx,
+            &src,
+            &sha256(data),
+            "sync_strategy: native\n",
+        ));
+        let state = s.state();
+        let log =
+            s.fx.run(
+                &url,
+                &["--state-dir", state.as_str()],
+                &[("TMPDIR", &tmpdir)],
+            )
+            .ok();
+        assert_eq!(log.contains("Delta fetch: "), delta, "{log}");
+        assert!(log.contains("Kept the packed archive"), "{log}");
+        assert!(log.contains(&format!(" bytes to {tmpdir}/")), "{log}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "{log}");
+    }
+    assert_v2(&s);
+    assert_eq!(s.kept().as_deref(), Some(&s.v2[..]));
+}
+
 /// The placement log line's numbers: compressed bytes inflated and the
 /// archive's data bytes.
 fn inflated(log: &str) -> (u64, u64) {

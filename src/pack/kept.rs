@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::{read_index, read_members, MemberRef};
+use super::{read_members, MemberRef};
 
 const DIR: &str = "packed";
 
@@ -60,7 +60,7 @@ impl Kept {
     pub fn keep(&self, archive: &Path) -> Result<bool> {
         let packed = File::open(archive)
             .ok()
-            .is_some_and(|f| read_index(&f).is_ok());
+            .is_some_and(|f| read_members(&f).is_ok());
         if !packed {
             return Ok(false);
         }
