@@ -120,6 +120,17 @@ impl Layout {
         &self.temp
     }
 
+    /// A reader of bytes `start..end` of the temp file, by offset (no
+    /// file position shared with other readers). [`Layout::fill`] them
+    /// first.
+    pub fn range(&self, start: u64, end: u64) -> RangeReader {
+        RangeReader {
+            file: Arc::clone(&self.temp),
+            at: start,
+            end,
+        }
+    }
+
     fn borrowing(&self) -> bool {
         self.lock().is_some()
     }
@@ -183,6 +194,25 @@ impl Layout {
             *guard = None;
         }
         Ok(())
+    }
+}
+
+/// Bytes of the temp file between two offsets, read by offset.
+pub(super) struct RangeReader {
+    file: Arc<File>,
+    at: u64,
+    end: u64,
+}
+
+impl std::io::Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(self.end.saturating_sub(self.at) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

@@ -9,7 +9,7 @@
 //! way to an entry's data is still checked against the index: a mismatch
 //! fails the run, naming the entry and the field.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -225,15 +225,8 @@ impl Cursor {
             .count();
         let end = members[n + run].end();
         self.layout.fill(start, end, members)?;
-        let mut file = self
-            .layout
-            .temp()
-            .try_clone()
-            .context("reading the archive")?;
-        file.seek(SeekFrom::Start(start))
-            .context("reading the archive")?;
         let counted = Counted {
-            inner: file.take(end - start),
+            inner: self.layout.range(start, end),
             read: Arc::clone(&self.read),
         };
         let gz =
