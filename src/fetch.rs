@@ -265,6 +265,13 @@ impl Sink {
     }
 }
 
+/// What the writer thread does with a chunk once hashed.
+enum Out {
+    Bytes(Vec<u8>),
+    /// Leave this many bytes unwritten (borrowed from the kept archive).
+    Hole(u64),
+}
+
 /// Hashes each chunk and hands it to a writer thread, which writes it or
 /// leaves a hole for it.
 fn hash_and_write(
@@ -273,17 +280,20 @@ fn hash_and_write(
     mut out: std::fs::File,
 ) -> std::io::Result<Verifier> {
     use std::io::{Seek, SeekFrom};
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, u64>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Out>(2);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut end = 0u64;
-        for chunk in rx {
-            match chunk {
-                Ok(bytes) => out.write_all(&bytes)?,
-                Err(hole) => {
-                    out.seek(SeekFrom::Current(hole as i64))?;
+        for out_chunk in rx {
+            match out_chunk {
+                Out::Bytes(bytes) => {
+                    out.write_all(&bytes)?;
+                    end += bytes.len() as u64;
+                }
+                Out::Hole(len) => {
+                    out.seek(SeekFrom::Current(len as i64))?;
+                    end += len;
                 }
             }
-            end = out.stream_position()?;
         }
         // A hole at the end still counts in the file's length.
         out.set_len(end)
@@ -293,7 +303,7 @@ fn hash_and_write(
         let out = match chunk {
             Chunk::Write(bytes) => {
                 verifier.update(&bytes);
-                Ok(bytes)
+                Out::Bytes(bytes)
             }
             Chunk::Kept { file, at, len } => {
                 kept_buf.resize(CHUNK, 0);
@@ -305,7 +315,7 @@ fn hash_and_write(
                     verifier.update(&kept_buf[..n]);
                     done += n as u64;
                 }
-                Err(len)
+                Out::Hole(len)
             }
         };
         if tx.send(out).is_err() {

@@ -61,10 +61,7 @@ impl Sink for Placer<'_> {
             self.dirs.insert(PathBuf::new(), meta);
             return Ok(());
         }
-        if let Some(link) = (!self.symlinks.is_empty())
-            .then(|| rel.ancestors().skip(1).find(|a| self.symlinks.contains(*a)))
-            .flatten()
-        {
+        if let Some(link) = rel.ancestors().skip(1).find(|a| self.symlinks.contains(*a)) {
             bail!(
                 "archive member {:?} goes through the symlink {:?} in the archive: \
                  sync_strategy {} never writes through links (rsync does this)",
