@@ -400,6 +400,18 @@ PACKED_SCENARIOS = (
 )
 
 
+def packed_floor(archive, dest):
+    """The work no redeploy can skip, timed: the whole archive hashed
+    (`checksum` covers every byte; openssl, the fastest sha256 here, when
+    installed) and every entry of dest looked at (rsync's quick check and
+    delete pass: `find` reads every directory and lstats every entry)."""
+    hasher = "openssl dgst -sha256" if shutil.which("openssl") else "sha256sum"
+    start = time.time()
+    subprocess.run(f"{hasher} {archive} >/dev/null && "
+                   f"find {dest} -printf '%s %T@\\n' >/dev/null", shell=True, check=True)
+    return time.time() - start
+
+
 def packed_rows(binary, place, runs):
     """native and release deploying the packed archives over http with a
     state dir (delta fetch, placement by the index): time to the post hook
@@ -437,6 +449,9 @@ def packed_rows(binary, place, runs):
                 if i < 2 and tree_digest(place.dest) != refs[archive]:
                     raise SystemExit(f"dest tree differs from tar xf: {place.name} packed "
                                      f"{scenario} {strategy}")
+                if with_v1 and strategy == "native":
+                    times.setdefault("floor", []).append(
+                        packed_floor(os.path.join(place.dir, archive), place.dest))
             med = {k: statistics.median(v) for k, v in times.items()}
             size = os.path.getsize(os.path.join(place.dir, archive))
             rows.append((place.name, scenario, med, wire, size))
@@ -733,15 +748,23 @@ def packed_section(rows, packed, fig, rss):
         "plain archive over http, from the rows above. Wire: body bytes the server sent, of "
         "the archive's size. Every dest is checked equal to `tar xf` of the archive.",
         "",
-        "| place | scenario | baseline | native | ratio | release | ratio | wire (native) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "Floor (redeploys): the whole archive hashed by `openssl dgst -sha256`, then "
+        "`find dest -printf '%s %T@'` (every directory read, every entry lstat'ed), timed "
+        "after the native run: the work the checksum and rsync's quick check leave to any "
+        "agent, before a byte is fetched or placed.",
+        "",
+        "| place | scenario | baseline | native | ratio | release | ratio | floor | ratio "
+        "| wire (native) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for place, scenario, med, wire, size in packed:
         b = base[(place, scenario)]
         sent, requests = wire["native"]
+        floor = (f"{med['floor']:.3f}s | {med['floor'] / b:.3f}" if "floor" in med
+                 else "– | –")
         lines.append(f"| {place} | {scenario} | {b:.2f}s | {med['native']:.2f}s | "
                      f"{med['native'] / b:.3f} | {med['release']:.2f}s | "
-                     f"{med['release'] / b:.3f} | {sent:,} B = {sent / size:.2%} "
+                     f"{med['release'] / b:.3f} | {floor} | {sent:,} B = {sent / size:.2%} "
                      f"in {requests} requests |")
     lines += [
         "",
@@ -760,8 +783,9 @@ def packed_section(rows, packed, fig, rss):
     changed = [(p, m, w, size) for p, sc, m, w, size in packed if sc == "redeploy, 1% changed"]
     for place, med, wire, size in changed:
         r = med["native"] / base[(place, "redeploy, 1% changed")]
+        fl = med["floor"] / base[(place, "redeploy, 1% changed")]
         targets.append((f"1%-changed native redeploy of a packed archive ≤ 0.1× baseline "
-                        f"({place})", f"{r:.3f}×", r <= 0.1))
+                        f"({place})", f"{r:.3f}× (floor {fl:.3f}×)", r <= 0.1))
     if changed:
         share = changed[0][2]["native"][0] / changed[0][3]
         targets.append(("1%-changed redeploy ≤ 3% of the archive's bytes over the wire",
