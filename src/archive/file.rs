@@ -232,7 +232,14 @@ fn copy_member(
     while done < len {
         let n = buf.len().min((len - done) as usize);
         kept.read_exact_at(&mut buf[..n], from + done)
-            .context("reading the kept archive")?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!(
+                    "the kept archive changed since it was hashed: it ends before the \
+                     member at byte {} does",
+                    m.offset
+                ),
+                _ => anyhow::Error::new(e).context("reading the kept archive"),
+            })?;
         hash.update(&buf[..n]);
         temp.write_all_at(&buf[..n], m.offset + done)
             .context("writing the temp file")?;
@@ -309,7 +316,12 @@ mod tests {
             "{e}"
         );
         let (a, members, _kept) = borrowing(b"dddd");
-        assert!(a.layout().fill(4, 10, &members).is_err(), "cut short");
+        let e = a.layout().fill(4, 10, &members).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("it ends before the member at byte 4"),
+            "cut short: {e}"
+        );
     }
 
     /// Random archives (members borrowed or fetched, runs next to each

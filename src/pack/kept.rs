@@ -69,12 +69,57 @@ impl Kept {
         let name = self.path.file_name().unwrap_or_default().to_string_lossy();
         let temp = dir.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&temp);
-        if std::fs::hard_link(archive, &temp).is_err() {
-            std::fs::copy(archive, &temp)
-                .with_context(|| format!("copying the archive to {}", temp.display()))?;
+        let placed = match std::fs::hard_link(archive, &temp) {
+            Ok(()) => Ok(()),
+            Err(_) => std::fs::copy(archive, &temp)
+                .map(drop)
+                .with_context(|| format!("copying the archive to {}", temp.display())),
         }
-        std::fs::rename(&temp, &self.path)
-            .with_context(|| format!("renaming to {}", self.path.display()))?;
-        Ok(true)
+        .and_then(|()| {
+            std::fs::rename(&temp, &self.path)
+                .with_context(|| format!("renaming to {}", self.path.display()))
+        });
+        if placed.is_err() {
+            // A part-copied archive would hold its room until the next keep.
+            let _ = std::fs::remove_file(&temp);
+        }
+        placed.map(|()| true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keep_that_fails_leaves_no_part_copy_in_the_state_dir() {
+        let work = tempfile::tempdir().unwrap();
+        let tree = work.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("a"), "a").unwrap();
+        let archive = work.path().join("app.tar.gz");
+        let opts = crate::pack::Options {
+            member_size: 1 << 10,
+            excludes: crate::sync::Excludes::new(&[], "pack").unwrap(),
+        };
+        crate::pack::pack(&tree, &archive, &opts).unwrap();
+        let state = work.path().join("state");
+        let kept = Kept::for_dest(&state, "/srv/app");
+        // A directory where the archive goes: the rename fails.
+        std::fs::create_dir_all(kept.path.join("x")).unwrap();
+        let e = kept.keep(&archive).unwrap_err();
+        assert!(format!("{e:#}").contains("renaming to"), "{e:#}");
+        let mut left: Vec<_> = std::fs::read_dir(state.join(DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, [kept.path.file_name().unwrap()]);
+        std::fs::remove_dir_all(&kept.path).unwrap();
+        assert!(kept.keep(&archive).unwrap());
+        assert_eq!(
+            std::fs::read(&kept.path).unwrap(),
+            std::fs::read(&archive).unwrap()
+        );
     }
 }
