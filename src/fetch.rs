@@ -341,6 +341,37 @@ mod tests {
         }
     }
 
+    /// The pieces of a delta fetch: fetched bytes written, reused ones
+    /// hashed from the kept archive and left a hole, one at the end too.
+    #[test]
+    fn reused_pieces_are_hashed_and_left_holes_even_at_the_end() {
+        let mut kept = tempfile::tempfile().unwrap();
+        kept.write_all(b"0123456789").unwrap();
+        let kept = Arc::new(kept);
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for chunk in [
+            Chunk::Kept {
+                file: Arc::clone(&kept),
+                at: 8,
+                len: 2,
+            },
+            Chunk::Write(b"ab".to_vec()),
+            Chunk::Kept {
+                file: kept,
+                at: 3,
+                len: 4,
+            },
+        ] {
+            tx.blocking_send(chunk).unwrap();
+        }
+        drop(tx);
+        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"89ab3456"));
+        let verifier = hash_and_write(rx, Verifier::new(&want).unwrap(), out.reopen().unwrap());
+        assert_eq!(verifier.unwrap().finish().unwrap(), want);
+        assert_eq!(std::fs::read(out.path()).unwrap(), b"\0\0ab\0\0\0\0");
+    }
+
     #[test]
     fn the_stall_limit_shares_the_timeout_among_the_attempts() {
         let t = Some(Duration::from_secs(60));

@@ -677,6 +677,13 @@ fn a_delta_kept_across_filesystems_is_copied_whole() {
     let tmpdir = tmp.path().display().to_string();
     let server = Server::start();
     let src = server.route("/app.tar.gz", Route::ok(s.v1.clone()));
+    let dev = |p: &std::path::Path| std::os::unix::fs::MetadataExt::dev(&p.metadata().unwrap());
+    std::fs::create_dir_all(s.state()).unwrap();
+    assert_ne!(
+        dev(tmp.path()),
+        dev(std::path::Path::new(&s.state())),
+        "TMPDIR and the state dir on one filesystem: no copy to test"
+    );
     for (data, delta) in [(&s.v1, false), (&s.v2, true)] {
         server.route("/app.tar.gz", Route::ok(data.clone()));
         let url = s.fx.manifest(&manifest_for(

@@ -68,22 +68,18 @@ impl Kept {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = self.path.file_name().unwrap_or_default().to_string_lossy();
         let temp = dir.join(format!(".{name}.tmp"));
+        // Removed when dropped: a part-copied archive never stays behind.
+        let temp = tempfile::TempPath::try_from_path(&temp)
+            .with_context(|| format!("keeping the archive at {}", temp.display()))?;
         let _ = std::fs::remove_file(&temp);
-        let placed = match std::fs::hard_link(archive, &temp) {
-            Ok(()) => Ok(()),
-            Err(_) => std::fs::copy(archive, &temp)
-                .map(drop)
-                .with_context(|| format!("copying the archive to {}", temp.display())),
+        if std::fs::hard_link(archive, &temp).is_err() {
+            std::fs::copy(archive, &temp)
+                .with_context(|| format!("copying the archive to {}", temp.display()))?;
         }
-        .and_then(|()| {
-            std::fs::rename(&temp, &self.path)
-                .with_context(|| format!("renaming to {}", self.path.display()))
-        });
-        if placed.is_err() {
-            // A part-copied archive would hold its room until the next keep.
-            let _ = std::fs::remove_file(&temp);
-        }
-        placed.map(|()| true)
+        temp.persist(&self.path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        Ok(true)
     }
 }
 
